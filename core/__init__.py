@@ -1,0 +1,64 @@
+"""crossrank: second-stage reranking for the RAG frameworks people already use.
+
+The public API lives here and nothing else does; importing crossrank pulls in no framework
+and no torch (backends import their dependencies when constructed).
+"""
+
+from crossrank.backends import Backend, BaseBackend, create_backend
+from crossrank.blend import ReciprocalRankBlend, WeightedBlend
+from crossrank.engine import Reranker
+from crossrank.errors import (
+    BackendError,
+    BackendResponseError,
+    BackendUnavailableError,
+    ConfigurationError,
+    CrossrankError,
+    InvalidInputError,
+    MissingDependencyError,
+    ModelLoadError,
+)
+from crossrank.normalize import MinMax, Normalizer, Sigmoid, Softmax
+from crossrank.registry import ModelRegistry, default_registry
+from crossrank.selective import AlwaysRerank, NeverRerank, SelectivePolicy
+from crossrank.types import (
+    Candidate,
+    DuplicateCandidate,
+    RankedCandidate,
+    RerankReport,
+    RerankResult,
+    SelectiveDecision,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlwaysRerank",
+    "Backend",
+    "BackendError",
+    "BackendResponseError",
+    "BackendUnavailableError",
+    "BaseBackend",
+    "Candidate",
+    "ConfigurationError",
+    "CrossrankError",
+    "DuplicateCandidate",
+    "InvalidInputError",
+    "MinMax",
+    "MissingDependencyError",
+    "ModelLoadError",
+    "ModelRegistry",
+    "NeverRerank",
+    "Normalizer",
+    "RankedCandidate",
+    "ReciprocalRankBlend",
+    "RerankReport",
+    "RerankResult",
+    "Reranker",
+    "SelectiveDecision",
+    "SelectivePolicy",
+    "Sigmoid",
+    "Softmax",
+    "WeightedBlend",
+    "create_backend",
+    "default_registry",
+]

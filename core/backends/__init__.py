@@ -1,0 +1,42 @@
+"""Scoring backends, chosen by instance or by a short name.
+
+Each backend lives in its own module and imports its heavy dependencies only when
+constructed, so ``import crossrank`` stays free of torch, HTTP clients and SDKs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from crossrank.backends.base import Backend, BaseBackend, TokenWindowing
+from crossrank.errors import ConfigurationError
+
+#: short name -> "module:ClassName"; aliases point at the same class.
+BACKENDS: dict[str, str] = {
+    "cross-encoder": "crossrank.backends.cross_encoder:CrossEncoderBackend",
+    "local": "crossrank.backends.cross_encoder:CrossEncoderBackend",
+    "embedding": "crossrank.backends.embedding:EmbeddingBackend",
+    "cohere": "crossrank.backends.cohere:CohereBackend",
+    "jina": "crossrank.backends.jina:JinaBackend",
+}
+
+
+def backend_class(name: str) -> type[Any]:
+    """The class behind a short backend name."""
+    target = BACKENDS.get(name.strip().lower())
+    if target is None:
+        raise ConfigurationError(
+            f"unknown backend {name!r}; expected one of {sorted(BACKENDS)} or a Backend instance"
+        )
+    module_name, _, class_name = target.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, class_name)  # type: ignore[no-any-return]
+
+
+def create_backend(name: str, **options: Any) -> Backend:
+    """Build a backend by short name; options are the backend's keyword arguments."""
+    return backend_class(name)(**options)  # type: ignore[no-any-return]
+
+
+__all__ = ["BACKENDS", "Backend", "BaseBackend", "TokenWindowing", "backend_class", "create_backend"]

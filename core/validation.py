@@ -1,0 +1,96 @@
+"""Input checks shared by the engine and its options: fail early, name the bad value."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from crossrank.errors import InvalidInputError
+from crossrank.types import Candidate
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_query(query: Any) -> str:
+    if not isinstance(query, str):
+        raise InvalidInputError(f"query must be a string, got {type(query).__name__}: {_short(query)}")
+    if not query.strip():
+        raise InvalidInputError(f"query must not be empty or blank, got {query!r}")
+    return query
+
+
+def check_top_n(top_n: Any) -> int | None:
+    if top_n is None:
+        return None
+    if isinstance(top_n, bool) or not isinstance(top_n, int):
+        raise InvalidInputError(f"top_n must be a positive integer or None, got {_short(top_n)}")
+    if top_n < 1:
+        raise InvalidInputError(f"top_n must be >= 1, got {top_n}")
+    return top_n
+
+
+def check_threshold(threshold: Any, bounds: tuple[float, float], normalization: str) -> float | None:
+    if threshold is None:
+        return None
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise InvalidInputError(f"threshold must be a number or None, got {_short(threshold)}")
+    low, high = bounds
+    if not math.isfinite(threshold) or not low <= threshold <= high:
+        raise InvalidInputError(
+            f"threshold {threshold!r} is outside [{low}, {high}], the range of "
+            f"{normalization!r} scores"
+        )
+    return float(threshold)
+
+
+def to_candidates(items: Sequence[Any]) -> list[Candidate]:
+    """Accept ``Candidate`` objects or plain strings; reject anything else by position."""
+    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
+        raise InvalidInputError(
+            f"candidates must be a sequence of Candidate or str, got {type(items).__name__}"
+        )
+    candidates: list[Candidate] = []
+    for position, item in enumerate(items):
+        if isinstance(item, str):
+            item = Candidate(text=item)
+        elif not isinstance(item, Candidate):
+            raise InvalidInputError(
+                f"candidate {position} must be a Candidate or str, got {type(item).__name__}"
+            )
+        check_candidate(item, position)
+        candidates.append(item)
+    return candidates
+
+
+def check_candidate(candidate: Candidate, position: int) -> None:
+    if not isinstance(candidate.text, str):
+        raise InvalidInputError(
+            f"candidate {position} (id={candidate.id!r}) has no usable text: expected str, got "
+            f"{type(candidate.text).__name__}: {_short(candidate.text)}"
+        )
+    if candidate.id is not None and not isinstance(candidate.id, str):
+        raise InvalidInputError(
+            f"candidate {position} id must be a string or None, got {_short(candidate.id)}"
+        )
+    score = candidate.first_stage_score
+    if score is not None:
+        if isinstance(score, bool) or not isinstance(score, (int, float)):
+            raise InvalidInputError(
+                f"candidate {position} (id={candidate.id!r}) first_stage_score must be a number, "
+                f"got {_short(score)}"
+            )
+        if not math.isfinite(score):
+            raise InvalidInputError(
+                f"candidate {position} (id={candidate.id!r}) first_stage_score must be finite, "
+                f"got {score!r}"
+            )
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise InvalidInputError(f"{name} must be one of {tuple(choices)}, got {_short(value)}")
+    return str(value)
