@@ -1,0 +1,1 @@
+"""Shared test fixtures: tiny locally built models, deterministic backends, paths to shared data."""
