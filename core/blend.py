@@ -56,6 +56,10 @@ class ReciprocalRankBlend:
         self.reranker_weight = float(reranker_weight)
 
     @property
+    def spec(self) -> str:
+        return f"rrf:{self.k}:{self.reranker_weight:g}"
+
+    @property
     def name(self) -> str:
         if self.reranker_weight == 0.5:
             return f"rrf(k={self.k})"
@@ -85,6 +89,10 @@ class WeightedBlend:
     def __init__(self, *, reranker_weight: float = 0.5) -> None:
         _check_weight(reranker_weight)
         self.reranker_weight = float(reranker_weight)
+
+    @property
+    def spec(self) -> str:
+        return f"weighted:{self.reranker_weight:g}"
 
     @property
     def name(self) -> str:
@@ -118,7 +126,7 @@ def _check_weight(weight: float) -> None:
 
 
 def parse_blend(spec: str | Blend | None) -> Blend | None:
-    """``"rrf"``, ``"rrf:K"``, ``"weighted:W"`` (W = reranker weight) or a ready blend."""
+    """``"rrf"``, ``"rrf:K"``, ``"rrf:K:W"``, ``"weighted:W"`` (W = reranker weight) or a blend."""
     if spec is None or isinstance(spec, Blend):
         return spec
     if not isinstance(spec, str):
@@ -126,7 +134,11 @@ def parse_blend(spec: str | Blend | None) -> Blend | None:
     kind, _, argument = spec.strip().lower().partition(":")
     try:
         if kind == "rrf":
-            return ReciprocalRankBlend(k=int(argument) if argument else 60)
+            k_text, _, weight_text = argument.partition(":")
+            return ReciprocalRankBlend(
+                k=int(k_text) if k_text else 60,
+                reranker_weight=float(weight_text) if weight_text else 0.5,
+            )
         if kind == "weighted":
             return WeightedBlend(reranker_weight=float(argument) if argument else 0.5)
     except ValueError as exc:

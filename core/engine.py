@@ -40,7 +40,14 @@ from crossrank.validation import (
     check_top_n,
     to_candidates,
 )
-from crossrank.windows import AGGREGATIONS, Aggregation, WindowPlan, aggregate, no_windows, plan_windows
+from crossrank.windows import (
+    AGGREGATIONS,
+    Aggregation,
+    WindowPlan,
+    aggregate,
+    no_windows,
+    plan_windows,
+)
 
 logger = logging.getLogger("crossrank")
 
@@ -120,10 +127,12 @@ class Reranker:
         strict: bool = False,
     ) -> None:
         options = dict(backend_options or {})
+        self._backend_spec: tuple[str, dict[str, Any]] | None = None
         if isinstance(backend, str):
             if model is not None:
                 options["model"] = model
             self.backend: Backend = create_backend(backend, **options)
+            self._backend_spec = (backend, options)
         elif isinstance(backend, Backend):
             if model is not None or options:
                 raise ConfigurationError(
@@ -142,8 +151,14 @@ class Reranker:
             raise ConfigurationError(f"selective must be a SelectivePolicy, got {selective!r}")
         self.selective: SelectivePolicy = selective or AlwaysRerank()
         self.blend = parse_blend(blend)
-        if isinstance(window_stride, bool) or not isinstance(window_stride, int) or window_stride < 0:
-            raise ConfigurationError(f"window_stride must be an integer >= 0, got {window_stride!r}")
+        if (
+            isinstance(window_stride, bool)
+            or not isinstance(window_stride, int)
+            or window_stride < 0
+        ):
+            raise ConfigurationError(
+                f"window_stride must be an integer >= 0, got {window_stride!r}"
+            )
         self.windowing = bool(windowing)
         self.window_stride = window_stride
         self.window_aggregation: Aggregation = check_choice(  # type: ignore[assignment]
@@ -151,6 +166,72 @@ class Reranker:
         )
         self.deduplicate = bool(deduplicate)
         self.strict = bool(strict)
+        self._normalization_spec = normalization if isinstance(normalization, str) else None
+        self._temperature = temperature
+
+    # -- configuration ----------------------------------------------------------------------
+
+    def to_config(self) -> dict[str, Any]:
+        """A JSON-able description that :meth:`from_config` turns back into an equal reranker.
+
+        Secrets are never part of it: options whose name mentions a key, token or secret are
+        dropped, so API backends must read them from the environment (or be given them again).
+        """
+        if self._backend_spec is None:
+            raise ConfigurationError(
+                f"this Reranker wraps a {type(self.backend).__name__} instance; only rerankers "
+                "whose backend was given by name can be serialized"
+            )
+        if self._normalization_spec is None:
+            raise ConfigurationError(
+                f"normalization {self.normalizer.name!r} is an object; pass it again on load"
+            )
+        backend_name, backend_options = self._backend_spec
+        selective_spec = getattr(self.selective, "spec", None)
+        if selective_spec is None:
+            raise ConfigurationError(
+                f"selective policy {self.selective.name!r} has no spec and cannot be serialized"
+            )
+        return {
+            "backend": backend_name,
+            "backend_options": {
+                name: value for name, value in backend_options.items() if not is_secret_option(name)
+            },
+            "top_n": self.top_n,
+            "normalization": self._normalization_spec,
+            "temperature": self._temperature,
+            "threshold": self.threshold,
+            "selective": selective_spec,
+            "blend": getattr(self.blend, "spec", None),
+            "windowing": self.windowing,
+            "window_stride": self.window_stride,
+            "window_aggregation": self.window_aggregation,
+            "deduplicate": self.deduplicate,
+            "strict": self.strict,
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], **overrides: Any) -> Reranker:
+        """Rebuild a reranker from :meth:`to_config` output; ``overrides`` win (e.g. api keys)."""
+        if not isinstance(config, Mapping):
+            raise ConfigurationError(f"reranker config must be a mapping, got {config!r}")
+        options = dict(config)
+        unknown = set(options) - set(_CONFIG_KEYS)
+        if unknown:
+            raise ConfigurationError(f"unknown reranker config keys: {sorted(unknown)}")
+        backend_options = dict(options.pop("backend_options", None) or {})
+        backend_options.update(overrides.pop("backend_options", None) or {})
+        options.update(overrides)
+        selective = options.pop("selective", None)
+        if isinstance(selective, str):
+            from crossrank.selective import parse_policy
+
+            options["selective"] = parse_policy(selective)
+        elif selective is not None:
+            options["selective"] = selective
+        return cls(
+            options.pop("backend", "cross-encoder"), backend_options=backend_options, **options
+        )
 
     def __repr__(self) -> str:
         return (
@@ -298,7 +379,9 @@ class Reranker:
         if self.strict:
             if isinstance(exc, CrossrankError):
                 raise exc
-            raise BackendError(f"{self.backend.name} backend failed: {type(exc).__name__}: {exc}") from exc
+            raise BackendError(
+                f"{self.backend.name} backend failed: {type(exc).__name__}: {exc}"
+            ) from exc
         message = f"{type(exc).__name__}: {exc}"
         logger.warning(
             "crossrank: %s backend failed, returning first-stage order (%s)",
@@ -350,6 +433,31 @@ class Reranker:
             timings_ms=dict(call.timings_ms),
         )
         return RerankResult(query=call.query, ranked=tuple(ranked), report=report)
+
+
+_CONFIG_KEYS = (
+    "backend",
+    "backend_options",
+    "top_n",
+    "normalization",
+    "temperature",
+    "threshold",
+    "selective",
+    "blend",
+    "windowing",
+    "window_stride",
+    "window_aggregation",
+    "deduplicate",
+    "strict",
+)
+
+_SECRET_WORDS = ("key", "token", "secret", "password")
+
+
+def is_secret_option(name: str) -> bool:
+    """Option names that may hold credentials and must never be serialized or logged."""
+    lowered = name.lower()
+    return any(word in lowered for word in _SECRET_WORDS)
 
 
 def _checked_scores(scores: Sequence[float], expected: int, backend: str) -> list[float]:

@@ -26,6 +26,7 @@ class AlwaysRerank:
     """The default: every query is reranked."""
 
     name = "always"
+    spec = "always"
 
     def decide(self, query: str, candidates: Sequence[Candidate]) -> SelectiveDecision:
         return SelectiveDecision(policy=self.name, rerank=True)
@@ -35,6 +36,22 @@ class NeverRerank:
     """First stage only: useful as a baseline and as an emergency off switch."""
 
     name = "never"
+    spec = "never"
 
     def decide(self, query: str, candidates: Sequence[Candidate]) -> SelectiveDecision:
         return SelectiveDecision(policy=self.name, rerank=False)
+
+
+def parse_policy(spec: str) -> SelectivePolicy:
+    """Build a policy from its spec string (``"always"``, ``"never"``, ``"margin:0.3"``...).
+
+    Policies that can be serialized expose the same string as ``spec``.
+    """
+    from crossrank.errors import InvalidInputError
+
+    key = spec.strip().lower()
+    if key == "always":
+        return AlwaysRerank()
+    if key == "never":
+        return NeverRerank()
+    raise InvalidInputError(f"unknown selective policy {spec!r}")

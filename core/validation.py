@@ -17,7 +17,9 @@ def _short(value: Any, limit: int = 80) -> str:
 
 def check_query(query: Any) -> str:
     if not isinstance(query, str):
-        raise InvalidInputError(f"query must be a string, got {type(query).__name__}: {_short(query)}")
+        raise InvalidInputError(
+            f"query must be a string, got {type(query).__name__}: {_short(query)}"
+        )
     if not query.strip():
         raise InvalidInputError(f"query must not be empty or blank, got {query!r}")
     return query
@@ -33,7 +35,9 @@ def check_top_n(top_n: Any) -> int | None:
     return top_n
 
 
-def check_threshold(threshold: Any, bounds: tuple[float, float], normalization: str) -> float | None:
+def check_threshold(
+    threshold: Any, bounds: tuple[float, float], normalization: str
+) -> float | None:
     if threshold is None:
         return None
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):

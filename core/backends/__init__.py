@@ -7,6 +7,7 @@ constructed, so ``import crossrank`` stays free of torch, HTTP clients and SDKs.
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any
 
 from crossrank.backends.base import Backend, BaseBackend, TokenWindowing
@@ -36,7 +37,23 @@ def backend_class(name: str) -> type[Any]:
 
 def create_backend(name: str, **options: Any) -> Backend:
     """Build a backend by short name; options are the backend's keyword arguments."""
-    return backend_class(name)(**options)  # type: ignore[no-any-return]
+    cls = backend_class(name)
+    accepted = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            raise ConfigurationError(
+                f"unknown option(s) {unknown} for backend {name!r}; accepted: "
+                f"{sorted(p for p in accepted if p != 'self')}"
+            )
+    return cls(**options)  # type: ignore[no-any-return]
 
 
-__all__ = ["BACKENDS", "Backend", "BaseBackend", "TokenWindowing", "backend_class", "create_backend"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "BaseBackend",
+    "TokenWindowing",
+    "backend_class",
+    "create_backend",
+]

@@ -87,7 +87,9 @@ class CrossEncoderBackend(BaseBackend):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigurationError(f"batch_size must be a positive integer, got {batch_size!r}")
         if token_budget is not None and (not isinstance(token_budget, int) or token_budget < 1):
-            raise ConfigurationError(f"token_budget must be a positive integer, got {token_budget!r}")
+            raise ConfigurationError(
+                f"token_budget must be a positive integer, got {token_budget!r}"
+            )
         if max_length is not None and (not isinstance(max_length, int) or max_length < 8):
             raise ConfigurationError(f"max_length must be an integer >= 8, got {max_length!r}")
         self.model = model
@@ -178,7 +180,11 @@ class CrossEncoderBackend(BaseBackend):
         lengths = np.fromiter((len(ids) for ids in input_ids), dtype=np.int64, count=len(input_ids))
         order = np.argsort(-lengths, kind="stable")
         scores = np.empty(len(texts), dtype=np.float64)
-        model = cross_encoder.transformers_model if hasattr(cross_encoder, "transformers_model") else cross_encoder.model
+        model = (
+            cross_encoder.transformers_model
+            if hasattr(cross_encoder, "transformers_model")
+            else cross_encoder.model
+        )
         device = next(model.parameters()).device
         pad_id = tokenizer.pad_token_id or 0
         with torch.inference_mode():

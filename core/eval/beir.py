@@ -60,11 +60,15 @@ def load_beir(directory: str | Path, *, split: str = "test") -> BeirCollection:
         raise InvalidInputError(f"BEIR folder {str(root)!r} does not exist")
     corpus = {
         str(row["_id"]): BeirDocument(
-            doc_id=str(row["_id"]), title=str(row.get("title") or ""), text=str(row.get("text") or "")
+            doc_id=str(row["_id"]),
+            title=str(row.get("title") or ""),
+            text=str(row.get("text") or ""),
         )
         for row in _read_jsonl(root / "corpus.jsonl")
     }
-    queries = {str(row["_id"]): str(row.get("text") or "") for row in _read_jsonl(root / "queries.jsonl")}
+    queries = {
+        str(row["_id"]): str(row.get("text") or "") for row in _read_jsonl(root / "queries.jsonl")
+    }
     qrels_path = root / "qrels" / f"{split}.tsv"
     if not qrels_path.is_file():
         raise InvalidInputError(f"missing qrels file {qrels_path}")
@@ -75,7 +79,9 @@ def load_beir(directory: str | Path, *, split: str = "test") -> BeirCollection:
             if not row or (row_number == 1 and row[0] == "query-id"):
                 continue
             if len(row) < 3:
-                raise InvalidInputError(f"{qrels_path}:{row_number}: expected 3 columns, got {row!r}")
+                raise InvalidInputError(
+                    f"{qrels_path}:{row_number}: expected 3 columns, got {row!r}"
+                )
             query_id, doc_id, relevance = row[0], row[1], int(float(row[2]))
             if relevance > 0:
                 qrels.setdefault(query_id, {})[doc_id] = relevance

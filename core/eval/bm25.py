@@ -37,7 +37,9 @@ class BM25Index:
         self._stem = _stemmer()
         self.size = len(texts)
         self._retriever = bm25s.BM25(k1=k1, b=b)
-        tokens = bm25s.tokenize(list(texts), stopwords="en", stemmer=self._stem, show_progress=False)
+        tokens = bm25s.tokenize(
+            list(texts), stopwords="en", stemmer=self._stem, show_progress=False
+        )
         self._retriever.index(tokens, show_progress=False)
 
     def search(self, query: str, *, k: int) -> list[ScoredHit]:
