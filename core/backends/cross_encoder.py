@@ -106,7 +106,10 @@ class CrossEncoderBackend(BaseBackend):
         self._loaded: Any = None
 
     def __repr__(self) -> str:
-        return f"CrossEncoderBackend(model={self.model!r}, device={self.device!r}, dtype={self.dtype!r})"
+        return (
+            f"CrossEncoderBackend(model={self.model!r}, device={self.device!r}, "
+            f"dtype={self.dtype!r})"
+        )
 
     @property
     def model_name(self) -> str:
@@ -115,7 +118,7 @@ class CrossEncoderBackend(BaseBackend):
     # -- loading ----------------------------------------------------------------------------
 
     def load(self) -> Any:
-        """The shared ``CrossEncoder``, loaded on first use (call early to pay the cost up front)."""
+        """The shared ``CrossEncoder``, loaded on first use; call it early to pay up front."""
         if self._loaded is None:
             device = resolve_device(self.device)
             key = (
