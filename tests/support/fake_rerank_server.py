@@ -1,0 +1,442 @@
+"""A local HTTP server that speaks Cohere's ``/v2/rerank`` and Jina's ``/v1/rerank``.
+
+The real ``cohere`` SDK and real httpx clients talk to it over TCP on 127.0.0.1 (ephemeral
+port), so tests exercise the actual wire formats, headers and failure modes rather than
+mocks. Scores are a deterministic function of (query, document), so a caller can check that
+every result came back, in the right place.
+
+Faults are queued with :meth:`FakeRerankServer.fail_next` (consumed one per request, in
+order) or drawn at a fixed rate (``rate_429``, seeded): HTTP errors with any body and
+``Retry-After``, slow answers, dropped connections, bodies cut short, malformed JSON, wrong,
+duplicate or missing indices and NaN scores.
+
+Request and response bodies follow the providers' API references:
+
+* Cohere ``POST /v2/rerank`` ``{"model", "query", "documents": [str], "top_n"?,
+  "max_tokens_per_doc"?}`` -> ``{"id", "results": [{"index", "relevance_score"}], "meta"}``;
+  errors are ``{"id", "message"}``.
+* Jina ``POST /v1/rerank`` ``{"model", "query", "documents": [str], "top_n"?,
+  "return_documents"?}`` -> ``{"model", "usage": {"total_tokens"}, "results": [{"index",
+  "relevance_score", "document"?: {"text"}}]}``; errors are ``{"detail"}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal
+
+COHERE_PATH = "/v2/rerank"
+JINA_PATH = "/v1/rerank"
+
+FaultKind = Literal[
+    "status",  # answer `status` with `body` (JSON error body by default) and `retry_after`
+    "slow",  # wait `delay` seconds, then answer normally
+    "disconnect",  # close the connection without answering
+    "truncated",  # announce the full Content-Length, send half the body, close
+    "malformed",  # 200 with a complete body that is not valid JSON
+    "wrong_index",  # one result points past the end of the documents
+    "duplicate_index",  # two results share an index
+    "missing_index",  # one result is left out
+    "nan_score",  # one relevance_score is NaN
+]
+
+
+def deterministic_score(query: str, document: str) -> float:
+    """A relevance score in [0, 1) that depends only on (query, document)."""
+    digest = hashlib.sha256(f"{query}\x00{document}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def expected_scores(query: str, documents: list[str]) -> list[float]:
+    """What a correct client must return for ``documents``, in input order."""
+    return [deterministic_score(query, document) for document in documents]
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One scripted misbehaviour, applied to one request."""
+
+    kind: FaultKind
+    status: int = 500
+    retry_after: str | None = None
+    delay: float = 0.0
+    body: str | None = None
+    #: Put the request's Authorization header into the error body (a leaky proxy).
+    echo_authorization: bool = False
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    path: str
+    headers: dict[str, str]
+    body: Any
+    received_at: float
+
+
+@dataclass
+class _State:
+    api_key: str
+    latency: float
+    rate_429: float
+    retry_after_429: str | None
+    max_documents: int | None
+    random: random.Random
+    faults: deque[Fault] = field(default_factory=deque)
+    requests: list[RecordedRequest] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    in_flight: int = 0
+    max_in_flight: int = 0
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 512
+    allow_reuse_address = True
+    state: _State
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:  # the test output stays clean
+        pass
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _send_json(
+        self, status: int, payload: Any, headers: dict[str, str] | None = None
+    ) -> None:
+        self._send_bytes(status, json.dumps(payload).encode(), headers)
+
+    def _send_bytes(
+        self,
+        status: int,
+        body: bytes,
+        headers: dict[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+        self.wfile.flush()
+
+    def _error(self, provider: str, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        if provider == "cohere":
+            payload: dict[str, Any] = {"id": str(uuid.uuid4()), "message": message}
+        else:
+            payload = {"detail": message}
+        self._send_json(status, payload, headers)
+
+    def _drop(self) -> None:
+        self.close_connection = True
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(2)
+        except OSError:
+            pass
+
+    # -- the endpoint ---------------------------------------------------------------------
+
+    def do_POST(self) -> None:
+        state = self.server.state
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body: Any = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        with state.lock:
+            state.requests.append(
+                RecordedRequest(self.path, dict(self.headers.items()), body, time.monotonic())
+            )
+            state.in_flight += 1
+            state.max_in_flight = max(state.max_in_flight, state.in_flight)
+        try:
+            self._handle(state, body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (timeout or cancellation): nothing to answer
+        finally:
+            with state.lock:
+                state.in_flight -= 1
+
+    def _handle(self, state: _State, body: Any) -> None:
+        if self.path == COHERE_PATH:
+            provider = "cohere"
+        elif self.path == JINA_PATH:
+            provider = "jina"
+        else:
+            self._send_json(404, {"message": f"no route {self.path}"})
+            return
+        if state.latency:
+            time.sleep(state.latency)
+        if self.headers.get("Authorization") != f"Bearer {state.api_key}":
+            self._error(provider, 401, "invalid api token")
+            return
+        with state.lock:
+            fault = state.faults.popleft() if state.faults else None
+            if fault is None and state.rate_429 and state.random.random() < state.rate_429:
+                fault = Fault("status", status=429, retry_after=state.retry_after_429)
+        if fault is not None and fault.kind == "status":
+            self._status_fault(provider, fault)
+            return
+        if fault is not None and fault.kind == "disconnect":
+            self._drop()
+            return
+        if fault is not None and fault.kind == "slow":
+            time.sleep(fault.delay)
+        problem = _invalid_request(provider, body, state.max_documents)
+        if problem is not None:
+            self._error(provider, 400 if provider == "cohere" else 422, problem)
+            return
+        payload = _answer(provider, body)
+        if fault is not None and fault.kind in _CONTENT_FAULTS:
+            _CONTENT_FAULTS[fault.kind](payload["results"])
+        encoded = json.dumps(payload).encode()  # NaN is written as the token NaN
+        if fault is not None and fault.kind == "malformed":
+            self._send_bytes(200, encoded[: max(len(encoded) // 2, 1)])
+            return
+        if fault is not None and fault.kind == "truncated":
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(encoded)))
+            self.end_headers()
+            self.wfile.write(encoded[: len(encoded) // 2])
+            self._drop()
+            return
+        self._send_bytes(200, encoded)
+
+    def _status_fault(self, provider: str, fault: Fault) -> None:
+        headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
+        if fault.body is not None:
+            self._send_bytes(fault.status, fault.body.encode(), headers, content_type="text/html")
+            return
+        message = {429: "too many requests", 500: "internal server error"}.get(
+            fault.status, f"error {fault.status}"
+        )
+        if fault.echo_authorization:
+            message += f" (request had Authorization: {self.headers.get('Authorization')})"
+        self._error(provider, fault.status, message, headers)
+
+
+def _invalid_request(provider: str, body: Any, max_documents: int | None) -> str | None:
+    if not isinstance(body, dict):
+        return "body must be a JSON object"
+    for required in ("model", "query", "documents") if provider == "cohere" else ("query", "documents"):
+        if required not in body:
+            return f"missing required field {required!r}"
+    if not isinstance(body.get("model", ""), str) or not isinstance(body["query"], str):
+        return "model and query must be strings"
+    documents = body["documents"]
+    if not isinstance(documents, list) or not documents:
+        return "documents must be a non-empty list"
+    if not all(isinstance(document, str) for document in documents):
+        return "documents must be strings"
+    if max_documents is not None and len(documents) > max_documents:
+        return f"too many documents: {len(documents)} > {max_documents}"
+    top_n = body.get("top_n")
+    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
+        return "top_n must be a positive integer"
+    tokens = body.get("max_tokens_per_doc")
+    if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1):
+        return "max_tokens_per_doc must be a positive integer"
+    return None
+
+
+def _answer(provider: str, body: dict[str, Any]) -> dict[str, Any]:
+    query: str = body["query"]
+    documents: list[str] = body["documents"]
+    ranked = sorted(
+        range(len(documents)),
+        key=lambda index: -deterministic_score(query, documents[index]),
+    )
+    if body.get("top_n") is not None:
+        ranked = ranked[: body["top_n"]]
+    if provider == "cohere":
+        return {
+            "id": str(uuid.uuid4()),
+            "results": [
+                {"index": index, "relevance_score": deterministic_score(query, documents[index])}
+                for index in ranked
+            ],
+            "meta": {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}},
+        }
+    with_documents = body.get("return_documents", True)
+    results = []
+    for index in ranked:
+        result: dict[str, Any] = {
+            "index": index,
+            "relevance_score": deterministic_score(query, documents[index]),
+        }
+        if with_documents:
+            result["document"] = {"text": documents[index]}
+        results.append(result)
+    tokens = sum(len(document.split()) for document in documents) + len(query.split())
+    return {"model": body.get("model"), "usage": {"total_tokens": tokens}, "results": results}
+
+
+def _wrong_index(results: list[dict[str, Any]]) -> None:
+    results[0]["index"] = len(results) + 5
+
+
+def _duplicate_index(results: list[dict[str, Any]]) -> None:
+    if len(results) > 1:
+        results[1]["index"] = results[0]["index"]
+
+
+def _missing_index(results: list[dict[str, Any]]) -> None:
+    results.pop()
+
+
+def _nan_score(results: list[dict[str, Any]]) -> None:
+    results[-1]["relevance_score"] = float("nan")
+
+
+_CONTENT_FAULTS = {
+    "wrong_index": _wrong_index,
+    "duplicate_index": _duplicate_index,
+    "missing_index": _missing_index,
+    "nan_score": _nan_score,
+}
+
+
+class FakeRerankServer:
+    """Cohere- and Jina-shaped rerank endpoints on 127.0.0.1, in a background thread."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        latency: float = 0.0,
+        rate_429: float = 0.0,
+        retry_after_429: str | None = "0",
+        max_documents: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        self._state = _State(
+            api_key=api_key,
+            latency=latency,
+            rate_429=rate_429,
+            retry_after_429=retry_after_429,
+            max_documents=max_documents,
+            random=random.Random(seed),
+        )
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> FakeRerankServer:
+        server = _Server(("127.0.0.1", 0), _Handler)
+        server.state = self._state
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> FakeRerankServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- addresses ------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("server not started")
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def cohere_base_url(self) -> str:
+        """What to give the Cohere SDK as ``base_url`` (it appends ``/v2/rerank``)."""
+        return self.url
+
+    @property
+    def jina_base_url(self) -> str:
+        """What to give the Jina backend as ``base_url`` (it appends ``/rerank``)."""
+        return f"{self.url}/v1"
+
+    def client_options(self, provider: Literal["cohere", "jina"]) -> dict[str, str]:
+        """``api_key`` and ``base_url`` that point a crossrank backend at this server."""
+        base_url = self.cohere_base_url if provider == "cohere" else self.jina_base_url
+        return {"api_key": self._state.api_key, "base_url": base_url}
+
+    # -- behaviour ------------------------------------------------------------------------
+
+    def fail_next(self, *faults: Fault) -> None:
+        """Misbehave on the next requests, one fault per request, in order."""
+        with self._state.lock:
+            self._state.faults.extend(faults)
+
+    def configure(
+        self,
+        *,
+        latency: float | None = None,
+        rate_429: float | None = None,
+        retry_after_429: str | None = None,
+        max_documents: int | None = None,
+    ) -> None:
+        with self._state.lock:
+            if latency is not None:
+                self._state.latency = latency
+            if rate_429 is not None:
+                self._state.rate_429 = rate_429
+            if retry_after_429 is not None:
+                self._state.retry_after_429 = retry_after_429
+            if max_documents is not None:
+                self._state.max_documents = max_documents
+
+    def reset(self) -> None:
+        """Forget recorded requests and queued faults."""
+        with self._state.lock:
+            self._state.faults.clear()
+            self._state.requests.clear()
+            self._state.max_in_flight = self._state.in_flight
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self._state.lock:
+            return list(self._state.requests)
+
+    @property
+    def max_in_flight(self) -> int:
+        """The most requests the server was handling at once."""
+        with self._state.lock:
+            return self._state.max_in_flight
+
+    @property
+    def in_flight(self) -> int:
+        with self._state.lock:
+            return self._state.in_flight
+
+    @property
+    def pending_faults(self) -> int:
+        with self._state.lock:
+            return len(self._state.faults)
