@@ -55,7 +55,8 @@ class Softmax:
         if raw_scores.size == 0:
             return raw_scores.astype(np.float64)
         scaled = raw_scores.astype(np.float64) / self.temperature
-        shifted = np.exp(scaled - scaled.max())
+        with np.errstate(over="ignore"):  # a gap beyond float range just underflows to 0
+            shifted = np.exp(scaled - scaled.max())
         return shifted / shifted.sum()
 
 

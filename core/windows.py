@@ -52,7 +52,7 @@ def plan_windows(
     budget = windowing.window_token_budget(query)
     if budget is None:
         return no_windows(texts)
-    budget = max(budget, 8)
+    budget = max(budget, 1)
     step = max(budget - stride, 1)
     window_texts: list[str] = []
     owners: list[int] = []
