@@ -57,7 +57,9 @@ DEFAULT_BACKOFF_BASE = 0.5
 DEFAULT_BACKOFF_MAX = 8.0
 DEFAULT_RETRY_AFTER_MAX = 60.0
 DEFAULT_MAX_CONCURRENCY = 4
-DEFAULT_MAX_CONNECTIONS = 100
+# httpcore rescans every pooled connection on each request, so a wide pool costs CPU; 20
+# connections already exceed what rate limits of hosted rerank APIs let one client use.
+DEFAULT_MAX_CONNECTIONS = 20
 
 # How much of a server's error body is quoted in an exception: enough to read the reason.
 _BODY_EXCERPT = 300
@@ -391,9 +393,9 @@ class RemoteRerankBackend(BaseBackend, Generic[ClientT]):
         self._random = random.Random()
         self._lock = threading.Lock()
         self._sync_client: ClientT | None = None
-        self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ClientT] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._async_clients: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[ClientT, asyncio.Semaphore]
+        ] = weakref.WeakKeyDictionary()
 
     # -- identity and configuration ----------------------------------------------------------
 
@@ -463,13 +465,22 @@ class RemoteRerankBackend(BaseBackend, Generic[ClientT]):
             return self._sync_client
 
     def _aclient(self) -> ClientT:
+        return self._async_slot()[0]
+
+    def _async_slot(self) -> tuple[ClientT, asyncio.Semaphore]:
+        """The running loop's client, and the gate that bounds its requests in flight.
+
+        Requests wait at the gate rather than in httpcore's pool: the pool rescans every
+        queued request against every connection each time one frees up, which turns a few
+        hundred concurrent calls into seconds of CPU.
+        """
         loop = asyncio.get_running_loop()
         with self._lock:
-            client = self._async_clients.get(loop)
-            if client is None:
-                client = self._new_async_client()
-                self._async_clients[loop] = client
-            return client
+            slot = self._async_clients.get(loop)
+            if slot is None:
+                slot = (self._new_async_client(), asyncio.Semaphore(self.max_connections))
+                self._async_clients[loop] = slot
+            return slot
 
     def _close_client(self, client: ClientT) -> None:
         """Close a sync client; subclasses override."""
@@ -488,9 +499,9 @@ class RemoteRerankBackend(BaseBackend, Generic[ClientT]):
         """Close the async client of the running loop and the blocking client."""
         loop = asyncio.get_running_loop()
         with self._lock:
-            client = self._async_clients.pop(loop, None)
-        if client is not None:
-            await self._aclose_client(client)
+            slot = self._async_clients.pop(loop, None)
+        if slot is not None:
+            await self._aclose_client(slot[0])
         self.close()
 
     # -- one request, provider specific -------------------------------------------------------
@@ -573,10 +584,13 @@ class RemoteRerankBackend(BaseBackend, Generic[ClientT]):
         return scores_in_input_order(payload, len(documents), self.name)
 
     async def _ascore_batch(self, query: str, documents: list[str]) -> list[float]:
+        gate = self._async_slot()[1]
+
         async def attempt() -> Any:
             try:
-                # The total timeout of one request, enforced on the whole exchange.
-                return await asyncio.wait_for(self._asend(query, documents), self.timeout)
+                async with gate:
+                    # The total timeout of one request, enforced on the whole exchange.
+                    return await asyncio.wait_for(self._asend(query, documents), self.timeout)
             except asyncio.TimeoutError:
                 raise AttemptFailed(
                     f"no complete answer within timeout={self.timeout:g}s", retryable=True
