@@ -9,6 +9,7 @@ the call, the backend scores, ``_finish`` (or ``_first_stage_result``) builds th
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -255,8 +256,9 @@ class Reranker:
             return self._first_stage_result(call, "skipped")
         if not call.kept:
             return self._first_stage_result(call, "empty")
-        scoring_started = time.perf_counter()
         try:
+            self._plan_windows(call)
+            scoring_started = time.perf_counter()
             window_scores = self.backend.score(call.query, call.windows.window_texts)
             call.lap("score", scoring_started)
             return self._finish(call, window_scores)
@@ -277,8 +279,13 @@ class Reranker:
             return self._first_stage_result(call, "skipped")
         if not call.kept:
             return self._first_stage_result(call, "empty")
-        scoring_started = time.perf_counter()
         try:
+            if self.windowing and isinstance(self.backend, TokenWindowing):
+                # Planning tokenizes and may load the model: keep it off the event loop.
+                await asyncio.to_thread(self._plan_windows, call)
+            else:
+                self._plan_windows(call)
+            scoring_started = time.perf_counter()
             window_scores = await self.backend.ascore(call.query, call.windows.window_texts)
             call.lap("score", scoring_started)
             return self._finish(call, window_scores)
@@ -322,18 +329,18 @@ class Reranker:
         if not kept:
             return call
         call.decision = self.selective.decide(checked_query, kept)
-        mark = call.lap("selective", mark)
-        if not call.decision.rerank:
-            return call
-        texts = [candidate.text for candidate in kept]
+        call.lap("selective", mark)
+        return call
+
+    def _plan_windows(self, call: _Call) -> None:
+        """Cut long texts into windows; this may load the model, so it runs under fallback."""
+        started = time.perf_counter()
+        texts = [candidate.text for candidate in call.kept]
         if self.windowing and isinstance(self.backend, TokenWindowing):
-            call.windows = plan_windows(
-                checked_query, texts, self.backend, stride=self.window_stride
-            )
+            call.windows = plan_windows(call.query, texts, self.backend, stride=self.window_stride)
         else:
             call.windows = no_windows(texts)
-        call.lap("windows", mark)
-        return call
+        call.lap("windows", started)
 
     def _finish(self, call: _Call, window_scores: Sequence[float]) -> RerankResult:
         started = time.perf_counter()

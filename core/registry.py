@@ -48,6 +48,11 @@ class ModelRegistry:
     def __len__(self) -> int:
         return len(self._objects)
 
+    def __bool__(self) -> bool:
+        # An empty registry is still a registry: `registry or default_registry` must not
+        # silently swap a caller's fresh registry for the global one.
+        return True
+
     def evict(self, key: Hashable) -> None:
         """Forget one object (the next ``get_or_load`` reloads it)."""
         with self._guard:

@@ -102,7 +102,7 @@ class CrossEncoderBackend(BaseBackend):
         self.revision = revision
         self.trust_remote_code = trust_remote_code
         self.local_files_only = local_files_only
-        self._registry = registry or default_registry
+        self._registry = registry if registry is not None else default_registry
         self._loaded: Any = None
 
     def __repr__(self) -> str:

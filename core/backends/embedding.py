@@ -62,7 +62,7 @@ def shared_sentence_transformer(
 ) -> Any:
     """The process-wide ``SentenceTransformer`` for ``model`` (also used by dense retrieval)."""
     resolved_device = resolve_device(device)
-    return (registry or default_registry).get_or_load(
+    return (registry if registry is not None else default_registry).get_or_load(
         ("embedding", model, resolved_device, trust_remote_code),
         lambda: load_sentence_transformer(
             model, device=resolved_device, trust_remote_code=trust_remote_code
@@ -92,7 +92,7 @@ class EmbeddingBackend(BaseBackend):
         self.device = device
         self.batch_size = batch_size
         self.trust_remote_code = trust_remote_code
-        self._registry = registry or default_registry
+        self._registry = registry if registry is not None else default_registry
 
     def __repr__(self) -> str:
         return f"EmbeddingBackend(model={self.model!r}, device={self.device!r})"
