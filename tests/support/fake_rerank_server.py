@@ -35,6 +35,8 @@ from typing import Any, Literal
 
 COHERE_PATH = "/v2/rerank"
 JINA_PATH = "/v1/rerank"
+STATS_PATH = "/_stats"
+RESET_PATH = "/_reset"
 
 FaultKind = Literal[
     "status",  # answer `status` with `body` (JSON error body by default) and `retry_after`
@@ -116,9 +118,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- plumbing -------------------------------------------------------------------------
 
-    def _send_json(
-        self, status: int, payload: Any, headers: dict[str, str] | None = None
-    ) -> None:
+    def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         self._send_bytes(status, json.dumps(payload).encode(), headers)
 
     def _send_bytes(
@@ -137,7 +137,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
         self.wfile.flush()
 
-    def _error(self, provider: str, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    def _error(
+        self, provider: str, status: int, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         if provider == "cohere":
             payload: dict[str, Any] = {"id": str(uuid.uuid4()), "message": message}
         else:
@@ -154,10 +156,27 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- the endpoint ---------------------------------------------------------------------
 
+    def do_GET(self) -> None:
+        """``GET /_stats``: counters for a server running in another process."""
+        state = self.server.state
+        if self.path != STATS_PATH:
+            self._send_json(404, {"message": f"no route {self.path}"})
+            return
+        with state.lock:
+            stats = {"requests": len(state.requests), "max_in_flight": state.max_in_flight}
+        self._send_json(200, stats)
+
     def do_POST(self) -> None:
         state = self.server.state
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
+        if self.path == RESET_PATH:
+            with state.lock:
+                state.faults.clear()
+                state.requests.clear()
+                state.max_in_flight = state.in_flight
+            self._send_json(200, {"reset": True})
+            return
         try:
             body: Any = json.loads(raw) if raw else None
         except ValueError:
@@ -238,7 +257,9 @@ class _Handler(BaseHTTPRequestHandler):
 def _invalid_request(provider: str, body: Any, max_documents: int | None) -> str | None:
     if not isinstance(body, dict):
         return "body must be a JSON object"
-    for required in ("model", "query", "documents") if provider == "cohere" else ("query", "documents"):
+    for required in (
+        ("model", "query", "documents") if provider == "cohere" else ("query", "documents")
+    ):
         if required not in body:
             return f"missing required field {required!r}"
     if not isinstance(body.get("model", ""), str) or not isinstance(body["query"], str):
@@ -254,7 +275,9 @@ def _invalid_request(provider: str, body: Any, max_documents: int | None) -> str
     if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
         return "top_n must be a positive integer"
     tokens = body.get("max_tokens_per_doc")
-    if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1):
+    if tokens is not None and (
+        isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1
+    ):
         return "max_tokens_per_doc must be a positive integer"
     return None
 
@@ -443,3 +466,34 @@ class FakeRerankServer:
     def pending_faults(self) -> int:
         with self._state.lock:
             return len(self._state.faults)
+
+
+def main() -> None:
+    """Serve in the foreground (for benchmarks that keep the server out of their process).
+
+    Prints the base URL on the first line of stdout, then serves until stdin closes.
+    """
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="local Cohere/Jina-shaped rerank server")
+    parser.add_argument("--api-key", required=True)
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--rate-429", type=float, default=0.0)
+    parser.add_argument("--retry-after", default="0")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    server = FakeRerankServer(
+        api_key=args.api_key,
+        latency=args.latency,
+        rate_429=args.rate_429,
+        retry_after_429=args.retry_after,
+        seed=args.seed,
+    )
+    with server:
+        print(server.url, flush=True)
+        sys.stdin.read()  # the parent closes our stdin to stop us
+
+
+if __name__ == "__main__":
+    main()
