@@ -343,6 +343,20 @@ class RemoteRerankBackend(BaseBackend, Generic[ClientT]):
     Clients are created on first use, never in the constructor (no I/O at construction). The
     async client is kept per event loop: an HTTP connection pool belongs to the loop that
     opened it, and tests or apps that run several loops must not share one.
+
+    Options shared by every API backend (defaults are the ``DEFAULT_*`` constants above):
+
+    * ``max_documents_per_request`` - longer lists are split; ``max_concurrency`` batches of
+      one call are in flight at once (threads for ``score``, tasks for ``ascore``);
+    * ``max_tokens_per_doc`` - enables windowing at that many approximate tokens;
+    * ``timeout`` / ``connect_timeout`` - ``ascore`` bounds each request's whole exchange by
+      ``timeout``; the blocking client bounds each phase (read, write, pool wait) by
+      ``timeout`` and connecting by ``connect_timeout``;
+    * ``max_retries``, ``backoff_base``, ``backoff_max`` - retry number *n* waits between half
+      and all of ``min(backoff_max, backoff_base * 2**(n-1))`` seconds, or the server's
+      ``Retry-After`` (plus up to ``backoff_base`` of jitter); a ``Retry-After`` above
+      ``retry_after_max`` ends the call at once rather than stall it;
+    * ``max_connections`` - requests in flight per event loop (and per blocking client).
     """
 
     name = "remote"

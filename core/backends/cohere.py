@@ -2,9 +2,10 @@
 
 The SDK sends the request and raises its typed errors; everything else (batching, retries,
 validation, secrecy) is the shared machinery of :mod:`crossrank.backends._remote`. The SDK's
-own retry loop is switched off (``max_retries=0``) so that every retry is ours: bounded,
-jittered, ``Retry-After``-aware and logged. The SDK gets an httpx client that crossrank
-builds, which is where the connect/total timeouts and the connection-pool bound live.
+own retry loop is switched off (``max_retries=0`` on each request) so that every retry is
+ours: bounded, jittered, ``Retry-After``-aware and logged. The SDK gets an httpx client that
+crossrank builds, which is where the connect/total timeouts and the connection-pool bound live.
+Checked against cohere 5.16 and 7.3.
 """
 
 from __future__ import annotations
@@ -127,8 +128,6 @@ class CohereBackend(RemoteRerankBackend[Any]):
             "api_key": self._api_key.reveal(),
             "base_url": self.base_url,
             "client_name": "crossrank",
-            # Retries are crossrank's (bounded, logged, Retry-After-aware), never the SDK's.
-            "max_retries": 0,
             "log_warning_experimental_features": False,
         }
 
@@ -155,7 +154,14 @@ class CohereBackend(RemoteRerankBackend[Any]):
     # -- one request --------------------------------------------------------------------------
 
     def _request(self, query: str, documents: list[str]) -> dict[str, Any]:
-        request: dict[str, Any] = {"model": self.model, "query": query, "documents": documents}
+        request: dict[str, Any] = {
+            "model": self.model,
+            "query": query,
+            "documents": documents,
+            # Retries are crossrank's (bounded, logged, Retry-After-aware), never the SDK's.
+            # Per request rather than per client: every SDK release since 5.x honours this.
+            "request_options": {"max_retries": 0},
+        }
         if self.max_tokens_per_doc is not None:
             request["max_tokens_per_doc"] = self.max_tokens_per_doc
         return request
@@ -163,26 +169,18 @@ class CohereBackend(RemoteRerankBackend[Any]):
     def _send(self, query: str, documents: list[str]) -> Any:
         client = self._client()
         try:
-            raw = client.with_raw_response.rerank(**self._request(query, documents))
+            response = client.rerank(**self._request(query, documents))
         except Exception as exc:
             raise self._translate(exc) from None
-        return self._decoded(raw.response)
+        return _as_payload(response)
 
     async def _asend(self, query: str, documents: list[str]) -> Any:
         client = self._aclient()
         try:
-            raw = await client.with_raw_response.rerank(**self._request(query, documents))
+            response = await client.rerank(**self._request(query, documents))
         except Exception as exc:
             raise self._translate(exc) from None
-        return self._decoded(raw.response)
-
-    def _decoded(self, response: Any) -> Any:
-        try:
-            return response.json()
-        except ValueError:
-            raise BackendResponseError(
-                f"{self.name} answered HTTP {response.status_code} with a body that is not JSON"
-            ) from None
+        return _as_payload(response)
 
     def _translate(self, exc: Exception) -> Exception:
         """An SDK or httpx exception as AttemptFailed / BackendResponseError, sanitized.
@@ -210,6 +208,26 @@ class CohereBackend(RemoteRerankBackend[Any]):
             f"unexpected {type(exc).__name__}: {redact(str(exc), self._secrets)[:300]}",
             retryable=False,
         )
+
+
+def _as_payload(response: Any) -> dict[str, Any]:
+    """The SDK's typed response back in wire shape, for the shared validation.
+
+    The SDK builds its response objects without validating them, so whatever the server
+    sent (a NaN, an index out of range, a missing field as ``None``) is still there to check.
+    """
+    results = getattr(response, "results", None)
+    if not isinstance(results, list):
+        return {"results": results}
+    items: list[Any] = []
+    for item in results:
+        if hasattr(item, "index") or hasattr(item, "relevance_score"):
+            item = {
+                "index": getattr(item, "index", None),
+                "relevance_score": getattr(item, "relevance_score", None),
+            }
+        items.append(item)
+    return {"results": items}
 
 
 def _error_message(body: Any) -> str:
