@@ -1,0 +1,1 @@
+"""Hardening: properties, fuzzing, concurrency, faults and safe loading across crossrank."""
