@@ -8,6 +8,7 @@ examples, since tokenizers are where odd Unicode usually breaks things.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -134,7 +135,7 @@ def test_order_follows_raw_scores_and_normalized_scores_agree(
         assert raw == sorted(raw, reverse=True)  # type: ignore[type-var]
         scores = result.scores
         # Every normalization is monotone, so scores never increase down the list.
-        assert all(a >= b for a, b in zip(scores, scores[1:], strict=False))
+        assert all(a >= b for a, b in itertools.pairwise(scores))
         if normalization in BOUNDED:
             assert all(0.0 <= score <= 1.0 for score in scores)
         if normalization == "softmax":
@@ -198,7 +199,7 @@ def test_threshold_filters_monotonically(
         assert all(item.score >= threshold for item in result)
         kept_sets.append({item.input_index for item in result})
     if top_n is None:  # a higher threshold keeps a subset of what a lower one kept
-        assert all(b <= a for a, b in zip(kept_sets, kept_sets[1:], strict=False))
+        assert all(b <= a for a, b in itertools.pairwise(kept_sets))
 
 
 @PROPERTY_SETTINGS
@@ -263,7 +264,7 @@ def test_normalization_is_well_defined_on_any_finite_scores(
     assert [item.raw_score for item in result] == sorted(raw, reverse=True)
     scores = result.scores
     assert all(math.isfinite(score) for score in scores)
-    assert all(a >= b for a, b in zip(scores, scores[1:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(scores))
     if normalization in BOUNDED:
         assert all(0.0 <= score <= 1.0 for score in scores)
     if normalization == "softmax":
