@@ -379,7 +379,9 @@ async def test_cancelling_a_call_leaves_nothing_stuck(
     server.fail_next(Fault("slow", delay=2.0), Fault("slow", delay=2.0))
     texts = documents(10)
     task = asyncio.create_task(reranker.arerank("q", texts))
+    deadline = time.monotonic() + 10
     while server.in_flight < 2:  # both batches are on the wire
+        assert time.monotonic() < deadline, "the batches never reached the server"
         await asyncio.sleep(0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
