@@ -10,6 +10,9 @@ import asyncio
 import copy
 import math
 import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -251,6 +254,44 @@ def test_env_var_secret_is_serialized_as_a_reference_only(
     assert isinstance(loaded, CrossrankRanker)
     assert loaded.api_key is not None
     assert loaded.api_key.resolve_value() == "sk-plaintext-must-not-leak"
+
+
+def test_a_fresh_process_loads_the_yaml_through_the_installed_package(tmp_path: Path) -> None:
+    """Haystack imports the component from its ``type:`` alone, under the default allowlist.
+
+    Runs outside the repository so that only the installed package can satisfy the import.
+    """
+    pipeline = Pipeline()
+    pipeline.add_component("ranker", CrossrankRanker(backend="embedding", top_k=2))
+    (tmp_path / "pipeline.yaml").write_text(pipeline.dumps())
+    script = textwrap.dedent(
+        """
+        import sys
+        from haystack import Pipeline
+        assert not any(name.startswith("crossrank") for name in sys.modules)
+        ranker = Pipeline.loads(open("pipeline.yaml").read()).get_component("ranker")
+        print(type(ranker).__module__, type(ranker).__name__, ranker.top_k)
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, (
+        "loading failed; is haystack_integrations.components.rankers.crossrank packaged "
+        f"(pyproject packages) and installed?\n{done.stderr[-2000:]}"
+    )
+    assert done.stdout.split() == [
+        "haystack_integrations.components.rankers.crossrank",
+        "CrossrankRanker",
+        "2",
+    ]
 
 
 def test_custom_env_var_secret_round_trips() -> None:
