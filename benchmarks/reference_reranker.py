@@ -1,0 +1,226 @@
+"""Train crossrank's reference reranker and measure it in and out of its training domains.
+
+Split (fixed, not leave-one-out, to fit a CPU budget):
+
+- trained on: cystic_fibrosis, cisi, medline (the medical and library-science collections
+  with the most judged pairs); 20% of each one's judged queries are held out;
+- zero-shot on: adi, cacm, lisa, cranfield (never seen; at most ``--zero-shot-queries``
+  judged queries each, a seeded sample, to bound CPU time).
+
+Every number is nDCG@10 (gain 2^rel - 1) of BM25's top-100 reranked by the model, next to
+BM25's own. The model is saved to ``<repo>/.cache/reference-reranker`` (gitignored; never
+committed), where the other benchmarks and the README's results table pick it up, together
+with ``crossrank_finetune.json`` (training record) and ``reference_results.json`` (all
+scores and timings).
+
+Run (offline, about 45 minutes on 2 shared CPU cores)::
+
+    python benchmarks/reference_reranker.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_ROOT = (REPO_ROOT / ".." / "shared" / "data").resolve()
+#: Where the reference model lives; other benchmarks import this constant.
+REFERENCE_MODEL_DIR = Path(
+    os.environ.get("CROSSRANK_REFERENCE_RERANKER", REPO_ROOT / ".cache" / "reference-reranker")
+)
+TRAIN_COLLECTIONS = ("cystic_fibrosis", "cisi", "medline")
+ZERO_SHOT_COLLECTIONS = ("adi", "cacm", "lisa", "cranfield")
+RESULTS_FILE = "reference_results.json"
+
+
+def reference_model_path() -> Path | None:
+    """The trained reference model, or None when this script has not been run here yet."""
+    return REFERENCE_MODEL_DIR if (REFERENCE_MODEL_DIR / "config.json").is_file() else None
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=REFERENCE_MODEL_DIR)
+    parser.add_argument("--data-root", type=Path, default=DATA_ROOT)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--max-positives-per-query", type=int, default=3)
+    parser.add_argument("--negatives-per-positive", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--learning-rate", type=float, default=5e-5)
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--loss", default="bce")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--zero-shot-queries", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--eval-only", action="store_true", help="reuse the saved model; only run zero-shot"
+    )
+    return parser.parse_args()
+
+
+def zero_shot(model_dir: Path, data_root: Path, *, max_queries: int, seed: int) -> list[dict]:
+    from crossrank.eval.beir import load_beir
+    from crossrank.finetune.evaluate import (
+        bm25_run,
+        first_stage_run,
+        model_scorer,
+        ndcg_at_10,
+        reranked_run,
+    )
+    from crossrank.finetune.miners import BM25Miner
+
+    scorer = model_scorer(str(model_dir))
+    rows = []
+    for name in ZERO_SHOT_COLLECTIONS:
+        started = time.perf_counter()
+        collection = load_beir(data_root / name)
+        query_ids = list(collection.judged_query_ids)
+        if len(query_ids) > max_queries:
+            query_ids = sorted(random.Random(f"{seed}:{name}").sample(query_ids, max_queries))
+        run = first_stage_run(collection, BM25Miner(collection), query_ids, depth=100)
+        bm25 = ndcg_at_10(collection, bm25_run(run))
+        tuned = ndcg_at_10(
+            collection, reranked_run(run, scorer, progress=True, description=f"zero-shot {name}")
+        )
+        rows.append(
+            {
+                "collection": name,
+                "queries": len(query_ids),
+                "bm25": bm25,
+                "finetuned": tuned,
+                "seconds": time.perf_counter() - started,
+            }
+        )
+        print(f"{name}: BM25 {bm25:.3f} -> fine-tuned {tuned:.3f} ({100 * (tuned - bm25):+.1f})")
+        yield_partial(model_dir, rows)
+    return rows
+
+
+def yield_partial(model_dir: Path, rows: list[dict]) -> None:
+    path = model_dir / RESULTS_FILE
+    payload = json.loads(path.read_text()) if path.is_file() else {}
+    payload["zero_shot"] = rows
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def table(title: str, rows: list[dict]) -> str:
+    lines = [
+        f"### {title}",
+        "",
+        "| collection | queries | BM25 | fine-tuned | Δ (points) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        delta = 100 * (row["finetuned"] - row["bm25"])
+        lines.append(
+            f"| {row['collection']} | {row['queries']} | {row['bm25']:.3f} | "
+            f"{row['finetuned']:.3f} | {delta:+.1f} |"
+        )
+    if rows:
+        bm25 = sum(row["bm25"] for row in rows) / len(rows)
+        tuned = sum(row["finetuned"] for row in rows) / len(rows)
+        lines.append(
+            f"| **mean** | {sum(row['queries'] for row in rows)} | {bm25:.3f} | "
+            f"{tuned:.3f} | {100 * (tuned - bm25):+.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    args = parse_args()
+    missing = [
+        name
+        for name in (*TRAIN_COLLECTIONS, *ZERO_SHOT_COLLECTIONS)
+        if not (args.data_root / name).is_dir()
+    ]
+    if missing:
+        print(f"needs the shared collections under {args.data_root}; missing: {missing}")
+        return 2
+    import torch
+
+    from crossrank.finetune.command import format_report
+    from crossrank.finetune.pipeline import DataConfig, finetune
+    from crossrank.finetune.train import TrainingConfig
+
+    print(f"torch threads: {torch.get_num_threads()}, cpus: {os.cpu_count()}")
+    out: Path = args.out
+    results_path = out / RESULTS_FILE
+    if not args.eval_only:
+        training = TrainingConfig(
+            loss=args.loss,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            max_length=args.max_length,
+            seed=args.seed,
+            bf16=args.bf16,
+        )
+        data = DataConfig(
+            heldout_fraction=0.2,
+            negative_depth=50,
+            negatives_per_positive=args.negatives_per_positive,
+            max_positives_per_query=args.max_positives_per_query,
+            rerank_depth=100,
+        )
+        started = time.perf_counter()
+        report = finetune(
+            [args.data_root / name for name in TRAIN_COLLECTIONS],
+            out,
+            training=training,
+            data=data,
+            # The base's classification head is freshly initialised: scoring it is noise.
+            evaluate_base=False,
+        )
+        print(format_report(report))
+        results_path.write_text(
+            json.dumps(
+                {
+                    "train_collections": TRAIN_COLLECTIONS,
+                    "zero_shot_collections": ZERO_SHOT_COLLECTIONS,
+                    "heldout": [
+                        {
+                            "collection": scores.collection,
+                            "queries": scores.queries,
+                            "bm25": scores.bm25,
+                            "finetuned": scores.finetuned,
+                        }
+                        for scores in report.heldout
+                    ],
+                    "training_examples": report.outcome.examples,
+                    "training_steps": report.outcome.steps,
+                    "seconds": {**report.seconds, "wall": time.perf_counter() - started},
+                    "cpus": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads(),
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+    elif not (out / "config.json").is_file():
+        print(f"--eval-only needs a trained model at {out}")
+        return 2
+    started = time.perf_counter()
+    rows = zero_shot(out, args.data_root, max_queries=args.zero_shot_queries, seed=args.seed)
+    payload = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    payload.setdefault("seconds", {})["zero_shot"] = time.perf_counter() - started
+    results_path.write_text(json.dumps(payload, indent=2) + "\n")
+    print()
+    print(table("Held-out queries of the training collections", payload.get("heldout", [])))
+    print()
+    print(table("Zero-shot on unseen collections", rows))
+    print(f"\nmodel: {out}\nresults: {results_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

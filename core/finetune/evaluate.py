@@ -1,0 +1,99 @@
+"""Before/after evaluation: rerank BM25's top documents of held-out queries, score nDCG@10.
+
+A model is evaluated from its saved path through crossrank's own cross-encoder backend, so
+the number printed after fine-tuning is the number a user gets when they load the folder.
+nDCG uses gain 2^rel - 1 (ranx's ``ndcg_burges``), matching the reference table of the
+shared collections; for binary judgments it equals the linear-gain nDCG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from crossrank.errors import missing_dependency
+from crossrank.eval.beir import BeirCollection
+from crossrank.finetune.miners import BM25Miner
+
+NDCG_AT_10 = "ndcg_burges@10"
+
+Run = dict[str, dict[str, float]]
+
+
+@dataclass(frozen=True)
+class FirstStageRun:
+    """BM25's top-``depth`` (doc id, score) lists for some queries of one collection."""
+
+    collection: BeirCollection
+    hits: Mapping[str, Sequence[tuple[str, float]]]
+
+
+def first_stage_run(
+    collection: BeirCollection, bm25: BM25Miner, query_ids: Sequence[str], *, depth: int
+) -> FirstStageRun:
+    return FirstStageRun(
+        collection=collection,
+        hits={
+            query_id: bm25.search(collection.queries[query_id], k=depth) for query_id in query_ids
+        },
+    )
+
+
+def ndcg_at_10(collection: BeirCollection, run: Run) -> float:
+    """Mean nDCG@10 over the run's queries (a query with no retrieved document scores 0)."""
+    try:
+        from ranx import Qrels, evaluate
+        from ranx import Run as RanxRun
+    except ImportError as exc:
+        raise missing_dependency("ranx", "eval") from exc
+    query_ids = [query_id for query_id in run if collection.qrels.get(query_id)]
+    if not query_ids:
+        return 0.0
+    qrels = Qrels.from_dict({query_id: dict(collection.qrels[query_id]) for query_id in query_ids})
+    # ranx refuses empty result lists; a sentinel id that no qrels contain scores 0 for them.
+    ranx_run = RanxRun.from_dict(
+        {query_id: dict(run[query_id]) or {"\x00none": 0.0} for query_id in query_ids}
+    )
+    return float(evaluate(qrels, ranx_run, NDCG_AT_10))
+
+
+def bm25_run(first_stage: FirstStageRun) -> Run:
+    return {query_id: dict(hits) for query_id, hits in first_stage.hits.items()}
+
+
+def reranked_run(
+    first_stage: FirstStageRun,
+    scorer: Any,
+    *,
+    progress: bool = False,
+    description: str = "rerank",
+) -> Run:
+    """Score every (query, hit) with ``scorer`` (a crossrank Backend) and keep those scores."""
+    corpus = first_stage.collection.corpus
+    queries = first_stage.collection.queries
+    items: Any = first_stage.hits.items()
+    if progress:
+        from tqdm.auto import tqdm
+
+        items = tqdm(items, total=len(first_stage.hits), desc=description, unit="query")
+    run: Run = {}
+    for query_id, hits in items:
+        doc_ids = [doc_id for doc_id, _score in hits]
+        scores = scorer.score(queries[query_id], [corpus[doc_id].full_text for doc_id in doc_ids])
+        run[query_id] = dict(zip(doc_ids, (float(score) for score in scores), strict=True))
+    return run
+
+
+def model_scorer(model_path: str, *, device: str = "auto", batch_size: int = 32) -> Any:
+    """A cross-encoder backend on a private registry, so an evaluated model is freed after use."""
+    from crossrank.backends.cross_encoder import CrossEncoderBackend
+    from crossrank.registry import ModelRegistry
+
+    return CrossEncoderBackend(
+        model_path,
+        device=device,
+        batch_size=batch_size,
+        local_files_only=True,
+        registry=ModelRegistry(),
+    )
