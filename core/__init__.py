@@ -4,9 +4,9 @@ The public API lives here and nothing else does; importing crossrank pulls in no
 and no torch (backends import their dependencies when constructed).
 """
 
-from crossrank.backends import Backend, BaseBackend, create_backend
-from crossrank.blend import ReciprocalRankBlend, WeightedBlend
-from crossrank.engine import Reranker
+from crossrank.backends import BACKENDS, Backend, BaseBackend, create_backend
+from crossrank.blend import Blend, ReciprocalRankBlend, WeightedBlend, parse_blend
+from crossrank.engine import Reranker, is_secret_option
 from crossrank.errors import (
     BackendError,
     BackendResponseError,
@@ -19,7 +19,7 @@ from crossrank.errors import (
 )
 from crossrank.normalize import MinMax, Normalizer, Sigmoid, Softmax
 from crossrank.registry import ModelRegistry, default_registry
-from crossrank.selective import AlwaysRerank, NeverRerank, SelectivePolicy
+from crossrank.selective import AlwaysRerank, NeverRerank, SelectivePolicy, parse_policy
 from crossrank.types import (
     Candidate,
     DuplicateCandidate,
@@ -32,12 +32,14 @@ from crossrank.types import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "BACKENDS",
     "AlwaysRerank",
     "Backend",
     "BackendError",
     "BackendResponseError",
     "BackendUnavailableError",
     "BaseBackend",
+    "Blend",
     "Candidate",
     "ConfigurationError",
     "CrossrankError",
@@ -61,4 +63,7 @@ __all__ = [
     "WeightedBlend",
     "create_backend",
     "default_registry",
+    "is_secret_option",
+    "parse_blend",
+    "parse_policy",
 ]

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from crossrank import (
+    BACKENDS,
     Backend,
     BaseBackend,
     Candidate,
@@ -33,10 +34,9 @@ from crossrank import (
     MissingDependencyError,
     Reranker,
     RerankResult,
+    is_secret_option,
+    parse_policy,
 )
-from crossrank.backends import BACKENDS
-from crossrank.engine import is_secret_option
-from crossrank.selective import parse_policy
 
 try:
     from haystack import Document, component, default_from_dict, default_to_dict
