@@ -314,15 +314,23 @@ def _weights(directory: Path) -> dict:
     return load_file(str(directory / "model.safetensors"))
 
 
+@pytest.fixture(scope="module")
+def tiny_trained(tiny_cross_encoder_path, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """One two-step BCE run of the tiny cross-encoder (seed 3), shared by the tests below."""
+    collection = load_beir(write_collection(tmp_path_factory.mktemp("collection")))
+    out_dir = tmp_path_factory.mktemp("tuned") / "model"
+    outcome = _train_tiny(collection, tiny_cross_encoder_path, out_dir, seed=3)
+    return collection, out_dir, outcome
+
+
 def test_two_step_training_saves_a_model_crossrank_reloads_and_scores(
-    collection, tiny_cross_encoder_path, tmp_path
+    tiny_trained, tiny_cross_encoder_path
 ):
     import torch
 
     from crossrank import Reranker
 
-    out_dir = tmp_path / "tuned"
-    outcome = _train_tiny(collection, tiny_cross_encoder_path, out_dir)
+    _collection, out_dir, outcome = tiny_trained
     assert outcome.steps == 2
     assert outcome.final_loss is not None
 
@@ -340,12 +348,14 @@ def test_two_step_training_saves_a_model_crossrank_reloads_and_scores(
     assert len(set(result.scores)) > 1
 
 
-def test_training_is_reproducible_with_a_fixed_seed(collection, tiny_cross_encoder_path, tmp_path):
+def test_training_is_reproducible_with_a_fixed_seed(
+    tiny_trained, tiny_cross_encoder_path, tmp_path
+):
     import torch
 
-    _train_tiny(collection, tiny_cross_encoder_path, tmp_path / "a", seed=3)
-    _train_tiny(collection, tiny_cross_encoder_path, tmp_path / "b", seed=3)
-    first, second = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    collection, first_dir, _outcome = tiny_trained
+    _train_tiny(collection, tiny_cross_encoder_path, tmp_path / "again", seed=3)
+    first, second = _weights(first_dir), _weights(tmp_path / "again")
     assert first.keys() == second.keys()
     assert all(torch.equal(first[name], second[name]) for name in first)
 
@@ -454,10 +464,24 @@ def test_cli_rejects_the_same_collection_twice(collection_dir, tiny_cross_encode
 
 @pytest.mark.slow
 def test_minilm_base_gets_a_fresh_one_logit_head_and_trains(collection, minilm_path, tmp_path):
-    from crossrank.finetune.train import TrainingConfig, load_base_model
+    from crossrank.finetune.train import EMBEDDED_BASE, resolve_base_model
 
-    model = load_base_model(TrainingConfig(max_length=64, device="cpu", seed=0))
-    assert model.num_labels == 1
+    assert Path(resolve_base_model(EMBEDDED_BASE)) == minilm_path
     outcome = _train_tiny(collection, minilm_path, tmp_path / "minilm")
     assert outcome.steps == 2
-    assert (tmp_path / "minilm" / "model.safetensors").is_file()
+    config = json.loads((tmp_path / "minilm" / "config.json").read_text())
+    assert config["architectures"] == ["BertForSequenceClassification"]
+    assert len(config["id2label"]) == 1
+    assert "classifier.weight" in _weights(tmp_path / "minilm")
+
+
+@pytest.mark.slow
+def test_dense_miner_adds_topical_negatives_and_still_drops_positives(collection, minilm_path):
+    from crossrank.finetune.miners import DenseMiner
+
+    dense = DenseMiner(collection, device="cpu")
+    ranked = dense.candidates(collection.queries["q3"], k=len(collection.corpus))
+    assert sorted(ranked) == sorted(collection.corpus)
+    assert ranked[0] in {"d7", "d8", "d9"}  # the account/password documents come first
+    negatives = mine_negatives(collection, ["q3"], [BM25Miner(collection), dense], depth=4)
+    assert negatives["q3"] and not set(negatives["q3"]) & {"d7", "d9"}

@@ -2,8 +2,8 @@
 
 A model is evaluated from its saved path through crossrank's own cross-encoder backend, so
 the number printed after fine-tuning is the number a user gets when they load the folder.
-nDCG uses gain 2^rel - 1 (ranx's ``ndcg_burges``), matching the reference table of the
-shared collections; for binary judgments it equals the linear-gain nDCG.
+nDCG comes from :mod:`crossrank.eval.metrics` (gain 2^rel - 1, as in the reference table of
+the shared collections), so these numbers agree with ``crossrank eval``.
 """
 
 from __future__ import annotations
@@ -12,11 +12,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from crossrank.errors import missing_dependency
 from crossrank.eval.beir import BeirCollection
+from crossrank.eval.metrics import mean_metrics, per_query_metrics
 from crossrank.finetune.miners import BM25Miner
-
-NDCG_AT_10 = "ndcg_burges@10"
 
 Run = dict[str, dict[str, float]]
 
@@ -41,21 +39,16 @@ def first_stage_run(
 
 
 def ndcg_at_10(collection: BeirCollection, run: Run) -> float:
-    """Mean nDCG@10 over the run's queries (a query with no retrieved document scores 0)."""
-    try:
-        from ranx import Qrels, evaluate
-        from ranx import Run as RanxRun
-    except ImportError as exc:
-        raise missing_dependency("ranx", "eval") from exc
+    """Mean nDCG@10 over the run's judged queries (a query with no retrieved document scores 0)."""
     query_ids = [query_id for query_id in run if collection.qrels.get(query_id)]
     if not query_ids:
         return 0.0
-    qrels = Qrels.from_dict({query_id: dict(collection.qrels[query_id]) for query_id in query_ids})
-    # ranx refuses empty result lists; a sentinel id that no qrels contain scores 0 for them.
-    ranx_run = RanxRun.from_dict(
-        {query_id: dict(run[query_id]) or {"\x00none": 0.0} for query_id in query_ids}
-    )
-    return float(evaluate(qrels, ranx_run, NDCG_AT_10))
+    rankings = {
+        query_id: sorted(run[query_id], key=run[query_id].__getitem__, reverse=True)
+        for query_id in query_ids
+    }
+    per_query = per_query_metrics(collection.qrels, rankings, metrics=("ndcg@10",))
+    return mean_metrics(per_query)["ndcg@10"]
 
 
 def bm25_run(first_stage: FirstStageRun) -> Run:

@@ -8,11 +8,6 @@ topic without sharing terms (the mistakes an embedding first stage makes).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
-import numpy as np
-
 from crossrank.eval.beir import BeirCollection
 from crossrank.eval.bm25 import BM25Index
 
@@ -33,42 +28,19 @@ class BM25Miner:
 
 
 class DenseMiner:
-    """Cosine similarity of bi-encoder embeddings (the bundled MiniLM unless told otherwise).
+    """Cosine similarity of bi-encoder embeddings, on :class:`crossrank.eval.dense.DenseIndex`.
 
     The corpus is embedded once when the miner is built; on a CPU that takes about a minute
     per thousand abstracts, which is why dense mining is opt-in.
     """
 
-    def __init__(
-        self,
-        collection: BeirCollection,
-        *,
-        model: str = "embedded:all-MiniLM-L6-v2",
-        device: str = "auto",
-        batch_size: int = 32,
-    ) -> None:
-        from crossrank.backends.embedding import shared_sentence_transformer
+    def __init__(self, collection: BeirCollection, *, device: str = "cpu") -> None:
+        from crossrank.eval.dense import DenseIndex
 
-        self._encoder: Any = shared_sentence_transformer(model, device=device)
-        self._batch_size = batch_size
         self.doc_ids: list[str] = list(collection.corpus)
-        self._matrix = self._encode(
-            [collection.corpus[doc_id].full_text for doc_id in self.doc_ids]
+        self.index = DenseIndex(
+            [collection.corpus[doc_id].full_text for doc_id in self.doc_ids], device=device
         )
-
-    def _encode(self, texts: Sequence[str]) -> np.ndarray:
-        vectors = self._encoder.encode(
-            list(texts),
-            batch_size=self._batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
-        return np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)
 
     def candidates(self, query: str, *, k: int) -> list[str]:
-        if not self.doc_ids:
-            return []
-        similarities = self._matrix @ self._encode([query])[0]
-        top = np.argsort(-similarities, kind="stable")[:k]
-        return [self.doc_ids[int(position)] for position in top]
+        return [self.doc_ids[hit.index] for hit in self.index.search(query, k=k)]
