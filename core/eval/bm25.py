@@ -1,4 +1,9 @@
-"""BM25 first stage on the bm25s library (k1=0.9, b=0.4, English stopwords, Snowball stemming)."""
+"""BM25 first stage on the bm25s library (k1=0.9, b=0.4, English stopwords, Snowball stemming).
+
+The defaults are the strongest of the variants measured on the shared collections (see the
+evaluation notes in benchmarks/eval_collections.py); ``stemmer=None`` and ``method`` let a
+caller reproduce other BM25 flavours.
+"""
 
 from __future__ import annotations
 
@@ -17,28 +22,40 @@ class ScoredHit:
     score: float
 
 
-def _stemmer() -> Any:
+def _stemmer(language: str | None) -> Any:
+    if language is None:
+        return None
     try:
         import Stemmer
     except ImportError:
         return None
-    return Stemmer.Stemmer("english")
+    return Stemmer.Stemmer(language)
 
 
 class BM25Index:
     """An in-memory BM25 index over a list of texts."""
 
-    def __init__(self, texts: Sequence[str], *, k1: float = 0.9, b: float = 0.4) -> None:
+    def __init__(
+        self,
+        texts: Sequence[str],
+        *,
+        k1: float = 0.9,
+        b: float = 0.4,
+        stemmer: str | None = "english",
+        stopwords: str | None = "en",
+        method: str = "lucene",
+    ) -> None:
         try:
             import bm25s
         except ImportError as exc:
             raise missing_dependency("bm25s", "eval") from exc
         self._bm25s = bm25s
-        self._stem = _stemmer()
+        self._stem = _stemmer(stemmer)
+        self._stopwords = stopwords
         self.size = len(texts)
-        self._retriever = bm25s.BM25(k1=k1, b=b)
+        self._retriever = bm25s.BM25(k1=k1, b=b, method=method)
         tokens = bm25s.tokenize(
-            list(texts), stopwords="en", stemmer=self._stem, show_progress=False
+            list(texts), stopwords=self._stopwords, stemmer=self._stem, show_progress=False
         )
         self._retriever.index(tokens, show_progress=False)
 
@@ -47,7 +64,7 @@ class BM25Index:
         if self.size == 0:
             return []
         tokens = self._bm25s.tokenize(
-            [query], stopwords="en", stemmer=self._stem, show_progress=False
+            [query], stopwords=self._stopwords, stemmer=self._stem, show_progress=False
         )
         if not tokens.ids or not tokens.ids[0]:
             return []

@@ -1,0 +1,254 @@
+"""Measured results on every collection in ../shared/data: first stages x second stages.
+
+For each collection, first stage (BM25, dense, hybrid RRF) and offline second stage (the
+embedding rescoring backend and the scifact cross-encoder) this script reranks the top
+``--depth`` candidates of every judged query and reports:
+
+1. nDCG@10 of the first stage, reranked, and the best-on-tuning-half blend;
+2. the selective trade-off: a margin/entropy/agreement threshold picked on one half of the
+   queries for >= 30% skips (``mode=skip``) and for <= 0.5 nDCG points loss
+   (``mode=max-loss``), reported on the other half;
+3. the configuration ``crossrank tune-selective --mode best`` chooses on one half, and its
+   held-out nDCG@10 against BM25 (first stage = BM25);
+4. calibration on held-out queries: ECE/Brier of raw sigmoid vs Platt vs isotonic.
+
+Scores are cached per (query, text) on disk (``--cache-dir``) so the script can be stopped
+and resumed; reported latencies come from ``crossrank eval`` runs, not from here.
+
+    python benchmarks/eval_collections.py --depth 30 --cache-dir .cache/eval
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = (REPO / ".." / "shared" / "data").resolve()
+CROSS_ENCODER = (REPO / ".." / "shared" / "models" / "minilm-ce-scifact").resolve()
+COLLECTIONS = ("adi", "cacm", "cisi", "cranfield", "cystic_fibrosis", "lisa", "medline")
+REFERENCE_BM25 = {
+    "adi": 0.433,
+    "cacm": 0.363,
+    "cisi": 0.258,
+    "cranfield": 0.331,
+    "cystic_fibrosis": 0.396,
+    "lisa": 0.338,
+    "medline": 0.676,
+}
+
+
+def backends() -> dict[str, Any]:
+    from crossrank.backends import create_backend
+
+    found = {"embedding": create_backend("embedding", device="cpu")}
+    if (CROSS_ENCODER / "config.json").is_file():
+        found["cross-encoder"] = create_backend(
+            "cross-encoder", model=str(CROSS_ENCODER), device="cpu"
+        )
+    return found
+
+
+def load_cache(backend: Any, path: Path) -> None:
+    if path.is_file():
+        with path.open("rb") as handle:
+            backend._scores.update(pickle.load(handle))
+
+
+def save_cache(backend: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    with temporary.open("wb") as handle:
+        pickle.dump(backend._scores, handle)
+    temporary.replace(path)
+
+
+def calibration(evaluation: Any) -> dict[str, float]:
+    from crossrank.calibration import brier_score, expected_calibration_error, fit_calibrator
+    from crossrank.eval.runner import relevance_labels, split_queries
+    from crossrank.normalize import Sigmoid
+
+    run = evaluation.runs["reranked"]
+    tune_ids, held_ids = split_queries(evaluation.query_ids)
+    qrels = evaluation.collection.qrels
+    fit_x, fit_y = relevance_labels(qrels, run.raw_scores, tune_ids)
+    test_x, test_y = relevance_labels(qrels, run.raw_scores, held_ids)
+    raw = np.asarray(test_x)
+    out = {
+        "ece_sigmoid": expected_calibration_error(Sigmoid()(raw), test_y),
+        "brier_sigmoid": brier_score(Sigmoid()(raw), test_y),
+    }
+    for kind in ("platt", "isotonic"):
+        try:
+            calibrated = fit_calibrator(kind, fit_x, fit_y)(raw)
+        except ValueError:
+            continue
+        out[f"ece_{kind}"] = expected_calibration_error(calibrated, test_y)
+        out[f"brier_{kind}"] = brier_score(calibrated, test_y)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--depth", type=int, default=30)
+    parser.add_argument("--collections", nargs="*", default=list(COLLECTIONS))
+    parser.add_argument("--first-stages", nargs="*", default=["bm25", "dense", "hybrid"])
+    parser.add_argument("--backends", nargs="*", default=["embedding", "cross-encoder"])
+    parser.add_argument("--cache-dir", default=str(REPO / ".cache" / "eval"))
+    parser.add_argument("--out", default=str(REPO / ".cache" / "eval" / "results.json"))
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        print(f"needs the shared collections at {DATA}", file=sys.stderr)
+        return 1
+    import torch
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    from crossrank.eval.beir import load_beir
+    from crossrank.eval.first_stage import FirstStage
+    from crossrank.eval.metrics import mean_metrics, per_query_metrics
+    from crossrank.eval.runner import caching, evaluate_runs
+    from crossrank.eval.tune import describe, tune_evaluation, tuning_specs
+
+    cache_dir = Path(args.cache_dir)
+    out_path = Path(args.out)
+    results: dict[str, Any] = json.loads(out_path.read_text()) if out_path.is_file() else {}
+    available = backends()
+    for name in args.collections:
+        collection = load_beir(DATA / name)
+        for method in args.first_stages:
+            first_stage = FirstStage(collection, method, cache_dir=cache_dir)
+            for backend_name in args.backends:
+                key = f"{name}/{method}/{backend_name}/{args.depth}"
+                if key in results or backend_name not in available:
+                    continue
+                backend = caching(available[backend_name])
+                score_cache = cache_dir / f"scores-{name}-{backend_name}.pkl"
+                backend._scores.clear()
+                load_cache(backend, score_cache)
+                started = time.perf_counter()
+                evaluation = evaluate_runs(
+                    collection,
+                    first_stage,
+                    tuning_specs(),
+                    depth=args.depth,
+                    backend=backend,
+                    progress=True,
+                )
+                save_cache(backend, score_cache)
+                means = {
+                    run_name: mean_metrics(per_query_metrics(collection.qrels, run.rankings))
+                    for run_name, run in evaluation.runs.items()
+                }
+                entry: dict[str, Any] = {
+                    "queries": len(evaluation.query_ids),
+                    "metrics": means,
+                    "pairs_computed": backend.pairs_computed,
+                    "seconds": round(time.perf_counter() - started, 1),
+                    "best": describe(tune_evaluation(evaluation, mode="best")),
+                    "skip30": describe(tune_evaluation(evaluation, mode="skip", target_skip=0.3)),
+                    "maxloss": describe(
+                        tune_evaluation(evaluation, mode="max-loss", max_loss=0.005)
+                    ),
+                    "calibration": calibration(evaluation),
+                }
+                results[key] = entry
+                out_path.parent.mkdir(parents=True, exist_ok=True)
+                out_path.write_text(json.dumps(results, indent=1, default=float) + "\n")
+                first = means["first-stage"]["ndcg@10"]
+                print(
+                    f"{key}: first {first:.3f} reranked {means['reranked']['ndcg@10']:.3f} "
+                    f"({entry['seconds']}s)",
+                    flush=True,
+                )
+    print(markdown(results, args.depth))
+    return 0
+
+
+def markdown(results: dict[str, Any], depth: int) -> str:
+    lines = [f"nDCG@10 (rerank depth {depth}; first stage -> reranked; * = reranking hurts)", ""]
+    lines.append("| collection | first stage | first stage | + embedding | + cross-encoder |")
+    lines.append("|---|---|---|---|---|")
+    for name in COLLECTIONS:
+        for method in ("bm25", "dense", "hybrid"):
+            cells = []
+            first = None
+            for backend_name in ("embedding", "cross-encoder"):
+                entry = results.get(f"{name}/{method}/{backend_name}/{depth}")
+                if entry is None:
+                    cells.append("-")
+                    continue
+                first = entry["metrics"]["first-stage"]["ndcg@10"]
+                reranked = entry["metrics"]["reranked"]["ndcg@10"]
+                cells.append(f"{reranked:.3f}{' *' if reranked < first else ''}")
+            if first is None:
+                continue
+            lines.append(f"| {name} | {method} | {first:.3f} | {cells[0]} | {cells[1]} |")
+    lines += [
+        "",
+        "Selective (threshold picked on half A, reported on held-out half B; vs always-rerank)",
+        "",
+    ]
+    lines.append(
+        "| collection | first stage | backend | mode | policy | skip (B) "
+        "| nDCG@10 loss vs always (B) |"
+    )
+    lines.append("|---|---|---|---|---|---|---|")
+    for key, entry in results.items():
+        name, method, backend_name, entry_depth = key.split("/")
+        if int(entry_depth) != depth:
+            continue
+        for mode in ("skip30", "maxloss"):
+            held = entry[mode]["held_out"]
+            lines.append(
+                f"| {name} | {method} | {backend_name} | {mode} | {entry[mode]['selective']} | "
+                f"{held['skip_rate']:.0%} | {-held['delta_vs_always'] * 100:+.2f} pts |"
+            )
+    lines += [
+        "",
+        "Chosen configuration (tune-selective --mode best on half A; held-out half B)",
+        "",
+    ]
+    lines.append("| collection | backend | chosen | B: nDCG@10 | B: BM25 | B: delta vs BM25 |")
+    lines.append("|---|---|---|---|---|---|")
+    for key, entry in results.items():
+        name, method, backend_name, entry_depth = key.split("/")
+        if method != "bm25" or int(entry_depth) != depth:
+            continue
+        held = entry["best"]["held_out"]
+        lines.append(
+            f"| {name} | {backend_name} | {entry['best']['label']} | {held['ndcg@10']:.3f} | "
+            f"{held['first_stage_ndcg@10']:.3f} | {held['delta_vs_first_stage'] * 100:+.2f} pts |"
+        )
+    lines += ["", "Calibration on held-out queries (BM25 candidates)", ""]
+    lines.append(
+        "| collection | backend | ECE sigmoid | ECE Platt | ECE isotonic "
+        "| Brier sigmoid | Brier Platt |"
+    )
+    lines.append("|---|---|---|---|---|---|---|")
+    for key, entry in results.items():
+        name, method, backend_name, entry_depth = key.split("/")
+        if method != "bm25" or int(entry_depth) != depth:
+            continue
+        cal = {key: float(value) for key, value in entry["calibration"].items()}
+        nan = float("nan")
+        lines.append(
+            f"| {name} | {backend_name} | {cal['ece_sigmoid']:.3f} | "
+            f"{cal.get('ece_platt', nan):.3f} | {cal.get('ece_isotonic', nan):.3f} | "
+            f"{cal['brier_sigmoid']:.3f} | {cal.get('brier_platt', nan):.3f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

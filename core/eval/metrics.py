@@ -1,0 +1,116 @@
+"""IR metrics through ranx, plus paired significance tests over per-query values.
+
+nDCG uses the exponential gain 2^rel - 1 (ranx's ``ndcg_burges``), as the reference values
+of the shared collections do; for binary judgments it equals the linear-gain nDCG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from crossrank.errors import InvalidInputError, missing_dependency
+
+#: our metric name -> ranx metric name
+METRICS: dict[str, str] = {
+    "ndcg@10": "ndcg_burges@10",
+    "mrr@10": "mrr@10",
+    "recall@10": "recall@10",
+    "recall@100": "recall@100",
+}
+
+Ranking = Sequence[str]
+
+
+def _run_dict(rankings: Mapping[str, Ranking]) -> dict[str, dict[str, float]]:
+    # Scores derived from positions: ranx sorts by score, so ranks are preserved exactly.
+    run: dict[str, dict[str, float]] = {}
+    for query_id, ranking in rankings.items():
+        scores: dict[str, float] = {}
+        for position, doc_id in enumerate(ranking):
+            scores.setdefault(doc_id, float(len(ranking) - position))
+        # ranx rejects empty result lists; an id that matches no judgment scores zero.
+        run[query_id] = scores or {"__no_result__": 0.0}
+    return run
+
+
+def per_query_metrics(
+    qrels: Mapping[str, Mapping[str, int]],
+    rankings: Mapping[str, Ranking],
+    metrics: Sequence[str] = tuple(METRICS),
+) -> dict[str, dict[str, float]]:
+    """``{metric: {query id: value}}`` over the queries of ``rankings`` (all must be judged)."""
+    try:
+        from ranx import Qrels, Run, evaluate
+    except ImportError as exc:
+        raise missing_dependency("ranx", "eval") from exc
+    unknown = [metric for metric in metrics if metric not in METRICS]
+    if unknown:
+        raise InvalidInputError(f"unknown metrics {unknown}; expected some of {list(METRICS)}")
+    query_ids = list(rankings)
+    if not query_ids:
+        raise InvalidInputError("no queries to evaluate")
+    missing = [query_id for query_id in query_ids if not qrels.get(query_id)]
+    if missing:
+        raise InvalidInputError(f"queries without relevance judgments: {missing[:5]}")
+    ranx_qrels = Qrels({query_id: dict(qrels[query_id]) for query_id in query_ids})
+    ranx_run = Run(_run_dict({query_id: rankings[query_id] for query_id in query_ids}))
+    names = [METRICS[metric] for metric in metrics]
+    values = evaluate(ranx_qrels, ranx_run, names, return_mean=False, make_comparable=True)
+    if len(names) == 1:
+        values = {names[0]: values}
+    # ranx orders per-query arrays by sorted query id.
+    ordered_ids = sorted(query_ids)
+    return {
+        metric: {
+            query_id: float(value)
+            for query_id, value in zip(
+                ordered_ids, np.asarray(values[METRICS[metric]]), strict=True
+            )
+        }
+        for metric in metrics
+    }
+
+
+def mean_metrics(per_query: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    return {metric: float(np.mean(list(values.values()))) for metric, values in per_query.items()}
+
+
+def paired_tests(
+    baseline: Mapping[str, float],
+    candidate: Mapping[str, float],
+    *,
+    permutations: int = 10000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Mean difference (candidate - baseline) with a paired t-test and a sign-flip test.
+
+    The randomization test flips the sign of each query's difference at random and asks how
+    often the mean difference is at least as large in magnitude: no normality assumption.
+    """
+    query_ids = sorted(set(baseline) & set(candidate))
+    if not query_ids:
+        raise InvalidInputError("paired test needs queries common to both runs")
+    differences = np.asarray([candidate[q] - baseline[q] for q in query_ids], dtype=np.float64)
+    observed = float(differences.mean())
+    rng = np.random.default_rng(seed)
+    signs = rng.choice((-1.0, 1.0), size=(permutations, differences.size))
+    permuted = np.abs((signs * differences).mean(axis=1))
+    randomization_p = float((np.sum(permuted >= abs(observed) - 1e-12) + 1) / (permutations + 1))
+    if np.allclose(differences, differences[0]):
+        t_test_p = 1.0 if abs(observed) < 1e-12 else 0.0
+    else:
+        try:
+            from scipy.stats import ttest_rel
+        except ImportError as exc:
+            raise missing_dependency("scipy", "eval") from exc
+        t_test_p = float(
+            ttest_rel([candidate[q] for q in query_ids], [baseline[q] for q in query_ids]).pvalue
+        )
+    return {
+        "mean_difference": observed,
+        "p_randomization": randomization_p,
+        "p_ttest": t_test_p,
+        "queries": float(len(query_ids)),
+    }
