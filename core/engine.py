@@ -252,10 +252,9 @@ class Reranker:
     ) -> RerankResult:
         """Rerank ``candidates`` (first-stage order) for ``query``; blocks while scoring."""
         call = self._prepare(query, candidates, top_n, threshold)
-        if call.decision is not None and not call.decision.rerank:
-            return self._first_stage_result(call, "skipped")
-        if not call.kept:
-            return self._first_stage_result(call, "empty")
+        unscored = self._result_without_scoring(call)
+        if unscored is not None:
+            return unscored
         try:
             self._plan_windows(call)
             scoring_started = time.perf_counter()
@@ -275,10 +274,9 @@ class Reranker:
     ) -> RerankResult:
         """Async twin of :meth:`rerank`; the backend's ``ascore`` keeps the loop free."""
         call = self._prepare(query, candidates, top_n, threshold)
-        if call.decision is not None and not call.decision.rerank:
-            return self._first_stage_result(call, "skipped")
-        if not call.kept:
-            return self._first_stage_result(call, "empty")
+        unscored = self._result_without_scoring(call)
+        if unscored is not None:
+            return unscored
         try:
             if self.windowing and isinstance(self.backend, TokenWindowing):
                 # Planning tokenizes and may load the model: keep it off the event loop.
@@ -331,6 +329,14 @@ class Reranker:
         call.decision = self.selective.decide(checked_query, kept)
         call.lap("selective", mark)
         return call
+
+    def _result_without_scoring(self, call: _Call) -> RerankResult | None:
+        """The result of a call the backend need not see (nothing to score, or a skip)."""
+        if not call.kept:
+            return self._first_stage_result(call, "empty")
+        if call.decision is not None and not call.decision.rerank:
+            return self._first_stage_result(call, "skipped")
+        return None
 
     def _plan_windows(self, call: _Call) -> None:
         """Cut long texts into windows; this may load the model, so it runs under fallback."""

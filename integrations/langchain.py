@@ -35,6 +35,7 @@ from typing import Any
 
 from crossrank import Candidate, ConfigurationError, InvalidInputError, Reranker, RerankResult
 from crossrank.errors import missing_dependency
+from crossrank.integrations._options import config_of, resolve_reranker
 
 try:
     from langchain_core.callbacks import Callbacks
@@ -97,7 +98,7 @@ class CrossrankCompressor(BaseDocumentCompressor):
         reranker_config: Mapping[str, Any] | None = None,
         **reranker_options: Any,
     ) -> None:
-        built = _resolve_reranker(reranker, reranker_config, reranker_options)
+        built = resolve_reranker(reranker, reranker_config, reranker_options)
         if isinstance(first_stage_score_keys, str):
             raise ConfigurationError(
                 "first_stage_score_keys must be a sequence of metadata keys, got the string "
@@ -107,7 +108,7 @@ class CrossrankCompressor(BaseDocumentCompressor):
             "top_n": top_n,
             "threshold": threshold,
             "first_stage_score_keys": tuple(first_stage_score_keys),
-            "reranker_config": _config_of(built),
+            "reranker_config": config_of(built),
         }
         super().__init__(**fields)
         # Fail at construction, not at the first query, on a bad top_n or threshold: an empty
@@ -199,44 +200,6 @@ class CrossrankCompressor(BaseDocumentCompressor):
                 metadata[RERANK_ERROR] = report.error
             compressed.append(original.model_copy(update={"metadata": metadata}))
         return compressed
-
-
-def _resolve_reranker(
-    reranker: Reranker | None,
-    reranker_config: Mapping[str, Any] | None,
-    reranker_options: dict[str, Any],
-) -> Reranker:
-    """One reranker from exactly one of: an instance, a saved config, or keyword options."""
-    given = [
-        name
-        for name, present in (
-            ("reranker", reranker is not None),
-            ("reranker_config", reranker_config is not None),
-            ("Reranker options", bool(reranker_options)),
-        )
-        if present
-    ]
-    if len(given) > 1:
-        raise ConfigurationError(
-            f"give only one of reranker=, reranker_config= or Reranker options; got {given} "
-            f"(options: {sorted(reranker_options)})"
-        )
-    if reranker is not None:
-        if not isinstance(reranker, Reranker):
-            raise ConfigurationError(
-                f"reranker must be a crossrank.Reranker, got {type(reranker).__name__}"
-            )
-        return reranker
-    if reranker_config is not None:
-        return Reranker.from_config(reranker_config)
-    return Reranker(**reranker_options)
-
-
-def _config_of(reranker: Reranker) -> dict[str, Any] | None:
-    try:
-        return reranker.to_config()
-    except ConfigurationError:
-        return None
 
 
 __all__ = ["DEFAULT_TOP_N", "CrossrankCompressor"]

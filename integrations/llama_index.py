@@ -35,8 +35,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from crossrank import Candidate, ConfigurationError, InvalidInputError, Reranker, RerankResult
+from crossrank import Candidate, InvalidInputError, Reranker, RerankResult
 from crossrank.errors import missing_dependency
+from crossrank.integrations._options import config_of, resolve_reranker
 
 try:
     from llama_index.core.bridge.pydantic import Field, PrivateAttr
@@ -98,12 +99,12 @@ class CrossrankPostprocessor(BaseNodePostprocessor):
         callback_manager: Any = None,
         **reranker_options: Any,
     ) -> None:
-        built = _resolve_reranker(reranker, reranker_config, reranker_options)
+        built = resolve_reranker(reranker, reranker_config, reranker_options)
         fields: dict[str, Any] = {
             "top_n": top_n,
             "threshold": threshold,
             "keep_retrieval_score": keep_retrieval_score,
-            "reranker_config": _config_of(built),
+            "reranker_config": config_of(built),
         }
         if callback_manager is not None:
             fields["callback_manager"] = callback_manager
@@ -251,44 +252,6 @@ def _candidates(nodes: list[NodeWithScore]) -> list[Candidate]:
 
 def _with_keys(keys: list[str], added: Mapping[str, Any]) -> list[str]:
     return [*keys, *(key for key in added if key not in keys)]
-
-
-def _resolve_reranker(
-    reranker: Reranker | None,
-    reranker_config: Mapping[str, Any] | None,
-    reranker_options: dict[str, Any],
-) -> Reranker:
-    """One reranker from exactly one of: an instance, a saved config, or keyword options."""
-    given = [
-        name
-        for name, present in (
-            ("reranker", reranker is not None),
-            ("reranker_config", reranker_config is not None),
-            ("Reranker options", bool(reranker_options)),
-        )
-        if present
-    ]
-    if len(given) > 1:
-        raise ConfigurationError(
-            f"give only one of reranker=, reranker_config= or Reranker options; got {given} "
-            f"(options: {sorted(reranker_options)})"
-        )
-    if reranker is not None:
-        if not isinstance(reranker, Reranker):
-            raise ConfigurationError(
-                f"reranker must be a crossrank.Reranker, got {type(reranker).__name__}"
-            )
-        return reranker
-    if reranker_config is not None:
-        return Reranker.from_config(reranker_config)
-    return Reranker(**reranker_options)
-
-
-def _config_of(reranker: Reranker) -> dict[str, Any] | None:
-    try:
-        return reranker.to_config()
-    except ConfigurationError:
-        return None
 
 
 __all__ = ["DEFAULT_TOP_N", "CrossrankPostprocessor"]
