@@ -102,6 +102,7 @@ class CrossrankRanker:
     def __init__(
         self,
         *,
+        reranker: Reranker | None = None,
         backend: str | Backend = "cross-encoder",
         model: str | None = None,
         backend_options: Mapping[str, Any] | None = None,
@@ -123,6 +124,9 @@ class CrossrankRanker:
     ) -> None:
         """Check every option now; build nothing heavy.
 
+        :param reranker: A ready :class:`crossrank.Reranker` (shared with other adapters); then
+            the engine options below stay at their defaults except ``top_k`` and
+            ``score_threshold``, which apply per call. Such a component cannot be serialized.
         :param backend: A backend name (serializable) or a ready backend instance (not).
         :param model: Model id or local path for a backend given by name.
         :param backend_options: Further keyword options of the named backend (``device``,
@@ -147,6 +151,18 @@ class CrossrankRanker:
         :param strict: Raise when the backend fails instead of falling back to first-stage order.
         """
         self._backend_instance: Backend | None = None
+        self._given_reranker: Reranker | None = None
+        if reranker is not None:
+            if not isinstance(reranker, Reranker):
+                raise ConfigurationError(
+                    f"reranker must be a crossrank.Reranker, got {type(reranker).__name__}"
+                )
+            if backend != "cross-encoder" or model is not None or backend_options or api_key:
+                raise ConfigurationError(
+                    "give either reranker= or backend/model/backend_options/api_key, not both"
+                )
+            self._given_reranker = reranker
+            backend = reranker.backend
         if isinstance(backend, str):
             backend_name = backend.strip().lower()
             if backend_name not in BACKENDS:
@@ -224,7 +240,8 @@ class CrossrankRanker:
         self.strict = strict
 
         # The engine checks its own options now, so mistakes surface at construction.
-        self._build_reranker(_ValidationBackend())
+        if self._given_reranker is None:
+            self._build_reranker(_ValidationBackend())
         self._reranker: Reranker | None = None
         self._warm = False
         self._lock = threading.Lock()
@@ -242,6 +259,8 @@ class CrossrankRanker:
 
     def _build_reranker(self, backend: Backend | None = None) -> Reranker:
         """The engine for this configuration; ``backend`` replaces the configured one."""
+        if self._given_reranker is not None and backend is None:
+            return self._given_reranker
         engine_options: dict[str, Any] = {
             "top_n": self.top_k,
             "normalization": self.resolved_normalization,
@@ -299,6 +318,11 @@ class CrossrankRanker:
         A token secret (``Secret.from_token``) refuses to serialize, as everywhere in
         Haystack; a backend given as an instance cannot be written down by name.
         """
+        if self._given_reranker is not None:
+            raise SerializationError(
+                "CrossrankRanker wraps a ready Reranker; configure it by name "
+                "(backend=..., model=...) to serialize"
+            )
         if self._backend_instance is not None:
             raise SerializationError(
                 f"CrossrankRanker wraps a {type(self._backend_instance).__name__} instance; "
@@ -355,7 +379,7 @@ class CrossrankRanker:
         if not candidates:
             return {"documents": []}
         reranker = self._ready_reranker()
-        result = reranker.rerank(query, candidates, top_n=top_k, threshold=score_threshold)
+        result = reranker.rerank(query, candidates, **self._call_limits(top_k, score_threshold))
         return {"documents": _ranked_documents(documents, result)}
 
     @component.output_types(documents=list[Document])
@@ -373,8 +397,17 @@ class CrossrankRanker:
         if not self._warm:
             await self.warm_up_async()
         reranker = self._ready_reranker()
-        result = await reranker.arerank(query, candidates, top_n=top_k, threshold=score_threshold)
+        result = await reranker.arerank(
+            query, candidates, **self._call_limits(top_k, score_threshold)
+        )
         return {"documents": _ranked_documents(documents, result)}
+
+    def _call_limits(self, top_k: int | None, score_threshold: float | None) -> dict[str, Any]:
+        """Per-call overrides, else the component's own (which a given Reranker lacks)."""
+        return {
+            "top_n": top_k if top_k is not None else self.top_k,
+            "threshold": score_threshold if score_threshold is not None else self.score_threshold,
+        }
 
     # -- translation ------------------------------------------------------------------------
 

@@ -490,3 +490,21 @@ def test_bad_input_names_the_bad_value() -> None:
         ranker.run(query=QUERY, documents="refunds")  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError, match="query"):
         ranker.run(query="  ", documents=[CORPUS[0]])
+
+
+def test_a_ready_reranker_is_accepted_and_top_k_applies() -> None:
+    shared = Reranker(KeywordBackend())
+    ranker = CrossrankRanker(reranker=shared, top_k=2)
+    documents = [
+        Document(content="refunds for digital downloads"),
+        Document(content="shipping times"),
+        Document(content="digital refunds policy"),
+    ]
+    output = ranker.run(query="digital refunds", documents=documents)["documents"]
+    direct = shared.rerank("digital refunds", [d.content for d in documents], top_n=2)
+    assert [d.content for d in output] == direct.texts
+    assert [d.score for d in output] == direct.scores
+    with pytest.raises(SerializationError):
+        ranker.to_dict()
+    with pytest.raises(ConfigurationError, match="either reranker="):
+        CrossrankRanker(reranker=shared, model="m")
