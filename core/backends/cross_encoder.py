@@ -1,28 +1,66 @@
-"""Local cross-encoder backend on sentence-transformers' ``CrossEncoder``.
+"""Local cross-encoder backend: one model, several ways to run it, all returning raw logits.
 
 sentence-transformers loads the model (any hub id or local path, safetensors preferred,
-``trust_remote_code`` off by default); scoring bypasses ``predict`` and drives the underlying
-transformers model directly: pairs are tokenized once with the fast tokenizer, sorted by
-length so batches carry little padding, and run under ``torch.inference_mode``. Outputs are
-raw logits; normalization belongs to the engine.
+``trust_remote_code`` off by default). Scoring never goes through ``predict``: pairs are
+tokenized once per call with the fast tokenizer, sorted by length, cut into batches by a
+*token budget* (the padded tokens a batch carries, so short passages travel in big batches
+and long ones in small), and handed to a runner for the chosen variant:
+
+- ``precision="fp32"`` (default), torch: equals ``CrossEncoder.predict`` within 1e-5;
+- ``"bf16"`` (CPUs with native bf16) / ``"fp16"`` (GPUs), torch;
+- ``runtime="onnx"``, fp32: ONNX Runtime on a fused graph exported once and cached on disk;
+- ``"int8"`` / ``"int8-mixed"``: ONNX Runtime with dynamic int8 quantization;
+- ``"auto"``: the fastest variant whose ranking agrees with fp32 on a calibration sample
+  (see :mod:`crossrank.backends.fidelity`); the choice and its evidence are kept in
+  :attr:`CrossEncoderBackend.selection`.
+
+Optional: an LRU score cache (``score_cache_size=``) and a micro-batcher that merges
+concurrent requests into shared forward passes (``micro_batch=True``). Both are off by
+default. Normalization belongs to the engine.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import hashlib
+import json
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from crossrank.backends._torch import import_torch, resolve_device, resolve_dtype
 from crossrank.backends.base import BaseBackend
+from crossrank.backends.fidelity import FidelityGate, Selection
+from crossrank.backends.micro_batch import MicroBatcher
+from crossrank.backends.precision import (
+    FP32_TORCH,
+    Variant,
+    auto_candidates,
+    parse_variant,
+)
+from crossrank.backends.score_cache import ScoreCache
 from crossrank.errors import ConfigurationError, ModelLoadError, missing_dependency
 from crossrank.registry import ModelRegistry, default_registry
 
 DEFAULT_CROSS_ENCODER = "cross-encoder/ms-marco-MiniLM-L-6-v2"
 
+#: Padded tokens per forward pass. Chosen with ``benchmarks/local_backend.py``: on a 2-core
+#: AVX-512 CPU throughput is flat from ~2k to ~8k tokens and falls off outside; 4096 keeps
+#: activations small (a few MB for MiniLM) while amortizing per-call overhead.
+DEFAULT_TOKEN_BUDGET = 4096
+
 # [CLS] query [SEP] text [SEP]: three special tokens around a pair for BERT-style models.
 _PAIR_SPECIAL_TOKENS = 3
+_DTYPE_TO_PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+_PRECISION_TO_DTYPE = {value: key for key, value in _DTYPE_TO_PRECISION.items()}
+_torch_threads_lock = threading.Lock()
+
+#: A runner takes padded int64 (ids, mask, token types or None) and returns float32 logits.
+Runner = Callable[[np.ndarray, np.ndarray, "np.ndarray | None"], np.ndarray]
 
 
 def load_cross_encoder(
@@ -40,7 +78,7 @@ def load_cross_encoder(
         from sentence_transformers import CrossEncoder
     except ImportError as exc:
         raise missing_dependency("sentence-transformers", "local") from exc
-    torch = import_torch()
+    import_torch()
     try:
         cross_encoder = CrossEncoder(
             model,
@@ -58,8 +96,65 @@ def load_cross_encoder(
     cross_encoder.eval()
     if dtype and dtype != "float32":
         cross_encoder.to(resolve_dtype(dtype))
-    del torch
     return cross_encoder
+
+
+def load_tokenizer(
+    model: str,
+    *,
+    max_length: int | None,
+    revision: str | None,
+    trust_remote_code: bool,
+    local_files_only: bool,
+) -> Any:
+    """The model's fast tokenizer alone (ONNX variants need no torch weights in memory)."""
+    try:
+        from transformers import AutoTokenizer
+    except ImportError as exc:
+        raise missing_dependency("transformers", "local") from exc
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            model,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            local_files_only=local_files_only,
+            use_fast=True,
+        )
+    except Exception as exc:
+        raise ModelLoadError(
+            f"could not load cross-encoder {model!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+    if max_length is not None:
+        tokenizer.model_max_length = max_length
+    return tokenizer
+
+
+def _torch_runner(cross_encoder: Any) -> Runner:
+    torch = import_torch()
+    network = getattr(cross_encoder, "transformers_model", None) or cross_encoder.model
+    device = next(network.parameters()).device
+
+    def run(ids: np.ndarray, mask: np.ndarray, types: np.ndarray | None) -> np.ndarray:
+        features = {
+            "input_ids": torch.from_numpy(ids).to(device),
+            "attention_mask": torch.from_numpy(mask).to(device),
+        }
+        if types is not None:
+            features["token_type_ids"] = torch.from_numpy(types).to(device)
+        with torch.inference_mode():
+            logits = network(**features).logits
+        return logits.float().cpu().numpy()  # type: ignore[no-any-return]
+
+    return run
+
+
+@dataclass(frozen=True)
+class _Encoded:
+    """One call's pairs, tokenized once: ragged ids, optional types, and their lengths."""
+
+    input_ids: list[list[int]]
+    token_type_ids: list[list[int]] | None
+    lengths: np.ndarray
 
 
 class CrossEncoderBackend(BaseBackend):
@@ -72,43 +167,107 @@ class CrossEncoderBackend(BaseBackend):
         model: str = DEFAULT_CROSS_ENCODER,
         *,
         device: str = "auto",
+        precision: str = "fp32",
+        runtime: str = "auto",
         dtype: str | None = None,
         batch_size: int = 32,
         max_length: int | None = None,
         token_budget: int | None = None,
+        num_threads: int | None = None,
         label_index: int | None = None,
         revision: str | None = None,
         trust_remote_code: bool = False,
         local_files_only: bool = False,
+        cache_dir: str | Path | None = None,
+        opset: int = 17,
+        calibration: Sequence[tuple[str, Sequence[str]]] | None = None,
+        fidelity_gate: FidelityGate | None = None,
+        score_cache_size: int = 0,
+        micro_batch: bool = False,
+        micro_batch_wait_s: float = 0.005,
         registry: ModelRegistry | None = None,
     ) -> None:
+        """Options (all keyword-only).
+
+        ``precision``/``runtime`` pick the variant (``dtype=`` is the older spelling of a
+        torch precision and still works). ``batch_size`` caps pairs per forward pass and
+        ``token_budget`` caps padded tokens per pass (default :data:`DEFAULT_TOKEN_BUDGET`);
+        ``num_threads`` sets ONNX Runtime's intra-op threads, or torch's process-wide thread
+        count for torch variants. ``cache_dir`` roots the ONNX export cache. ``calibration``
+        is the (query, texts) sample ``precision="auto"`` checks rankings on (default: the
+        bundled demo knowledge base); ``fidelity_gate`` holds its thresholds.
+        """
         if not isinstance(model, str) or not model.strip():
             raise ConfigurationError(f"model must be a non-empty id or path, got {model!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigurationError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if token_budget is not None and (not isinstance(token_budget, int) or token_budget < 1):
+        if token_budget is not None and (
+            isinstance(token_budget, bool) or not isinstance(token_budget, int) or token_budget < 1
+        ):
             raise ConfigurationError(
                 f"token_budget must be a positive integer, got {token_budget!r}"
             )
         if max_length is not None and (not isinstance(max_length, int) or max_length < 8):
             raise ConfigurationError(f"max_length must be an integer >= 8, got {max_length!r}")
+        if num_threads is not None and (
+            isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
+        ):
+            raise ConfigurationError(f"num_threads must be a positive integer, got {num_threads!r}")
+        if dtype is not None:
+            if dtype not in _DTYPE_TO_PRECISION:
+                raise ConfigurationError(
+                    f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPE_TO_PRECISION)}"
+                )
+            if precision not in ("fp32", _DTYPE_TO_PRECISION[dtype]):
+                raise ConfigurationError(
+                    f"dtype={dtype!r} conflicts with precision={precision!r}; pass one of them"
+                )
+            precision = _DTYPE_TO_PRECISION[dtype]
+        if not isinstance(precision, str):
+            raise ConfigurationError(f"precision must be a string, got {precision!r}")
+        if precision != "auto":  # validate names now; hardware checks wait for load()
+            fp16 = _DTYPE_TO_PRECISION.get(precision, precision) == "fp16"
+            parse_variant(
+                precision, runtime, device="cuda" if fp16 else "cpu", check_hardware=False
+            )
+        elif runtime != "auto":
+            raise ConfigurationError(
+                f"precision='auto' chooses the runtime itself; got runtime={runtime!r}"
+            )
         self.model = model
         self.device = device
+        self.precision = precision
+        self.runtime = runtime
         self.dtype = dtype
         self.batch_size = batch_size
         self.max_length = max_length
         self.token_budget = token_budget
+        self.num_threads = num_threads
         self.label_index = label_index
         self.revision = revision
         self.trust_remote_code = trust_remote_code
         self.local_files_only = local_files_only
-        self._registry = registry if registry is not None else default_registry
+        self.cache_dir = cache_dir
+        self.opset = opset
+        self.calibration = calibration
+        self.fidelity_gate = fidelity_gate or FidelityGate()
+        self.score_cache = ScoreCache(score_cache_size) if score_cache_size else None
+        self.micro_batch = micro_batch
+        self.micro_batch_wait_s = micro_batch_wait_s
+        self._registry = registry or default_registry
         self._loaded: Any = None
+        self._runner: Runner | None = None
+        self._tokenizer: Any = None
+        self._variant: Variant | None = None
+        self._batcher: MicroBatcher | None = None
+        self._load_lock = threading.Lock()
+        #: What ``precision="auto"`` chose and why (``None`` for an explicit precision).
+        self.selection: Selection | None = None
 
     def __repr__(self) -> str:
         return (
             f"CrossEncoderBackend(model={self.model!r}, device={self.device!r}, "
-            f"dtype={self.dtype!r})"
+            f"precision={self.precision!r}, runtime={self.runtime!r})"
         )
 
     @property
@@ -117,41 +276,184 @@ class CrossEncoderBackend(BaseBackend):
 
     # -- loading ----------------------------------------------------------------------------
 
+    @property
+    def variant(self) -> Variant:
+        """The variant that actually runs (resolved, after calibration for ``"auto"``)."""
+        self.load()
+        assert self._variant is not None
+        return self._variant
+
     def load(self) -> Any:
-        """The shared ``CrossEncoder``, loaded on first use; call it early to pay up front."""
-        if self._loaded is None:
-            device = resolve_device(self.device)
-            key = (
-                "cross-encoder",
-                self.model,
-                self.revision,
-                device,
-                self.dtype or "float32",
-                self.max_length,
-                self.trust_remote_code,
-            )
-            self._loaded = self._registry.get_or_load(
-                key,
+        """The shared model object, loaded on first use; call it early to pay up front.
+
+        Torch variants return the ``CrossEncoder``; ONNX variants return the shared ONNX
+        Runtime session. ``precision="auto"`` calibrates here.
+        """
+        if self._loaded is not None:
+            return self._loaded
+        with self._load_lock:
+            if self._loaded is None:
+                device = resolve_device(self.device)
+                if self.precision == "auto":
+                    variant = self._select_variant(device)
+                else:
+                    variant = parse_variant(self.precision, self.runtime, device=device)
+                self._loaded, self._runner, self._tokenizer = self._load_variant(variant, device)
+                self._variant = variant
+        return self._loaded
+
+    def _torch_key(self, device: str, dtype: str) -> tuple[Any, ...]:
+        return (
+            "cross-encoder",
+            self.model,
+            self.revision,
+            device,
+            dtype,
+            self.max_length,
+            self.trust_remote_code,
+        )
+
+    def _load_variant(self, variant: Variant, device: str) -> tuple[Any, Runner, Any]:
+        if variant.runtime == "torch":
+            dtype = _PRECISION_TO_DTYPE[variant.precision]
+            cross_encoder = self._registry.get_or_load(
+                self._torch_key(device, dtype),
                 lambda: load_cross_encoder(
                     self.model,
                     device=device,
-                    dtype=self.dtype,
+                    dtype=None if dtype == "float32" else dtype,
                     max_length=self.max_length,
                     revision=self.revision,
                     trust_remote_code=self.trust_remote_code,
                     local_files_only=self.local_files_only,
                 ),
             )
-        return self._loaded
+            if self.num_threads is not None:
+                torch = import_torch()
+                with _torch_threads_lock:
+                    torch.set_num_threads(self.num_threads)
+            return cross_encoder, _torch_runner(cross_encoder), cross_encoder.tokenizer
+        from crossrank.backends.onnx_export import ensure_artifact
+        from crossrank.backends.onnx_runtime import load_session
+
+        artifact = ensure_artifact(
+            self.model,
+            quantization=variant.quantization,
+            cache_dir=self.cache_dir,
+            revision=self.revision,
+            opset=self.opset,
+            max_length=self.max_length,
+            trust_remote_code=self.trust_remote_code,
+            local_files_only=self.local_files_only,
+        )
+        session = load_session(self._registry, artifact, num_threads=self.num_threads)
+        tokenizer = self._registry.get_or_load(
+            ("cross-encoder-tokenizer", self.model, self.revision, self.max_length),
+            lambda: load_tokenizer(
+                self.model,
+                max_length=self.max_length,
+                revision=self.revision,
+                trust_remote_code=self.trust_remote_code,
+                local_files_only=self.local_files_only,
+            ),
+        )
+        return session, session, tokenizer
+
+    def _sibling(self, variant: Variant) -> CrossEncoderBackend:
+        """A backend for one explicit variant sharing this one's options and registry."""
+        return CrossEncoderBackend(
+            self.model,
+            device=self.device,
+            precision=variant.precision,
+            runtime=variant.runtime,
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+            token_budget=self.token_budget,
+            num_threads=self.num_threads,
+            label_index=self.label_index,
+            revision=self.revision,
+            trust_remote_code=self.trust_remote_code,
+            local_files_only=self.local_files_only,
+            cache_dir=self.cache_dir,
+            opset=self.opset,
+            registry=self._registry,
+        )
+
+    def _select_variant(self, device: str) -> Variant:
+        """Score the calibration sample with fp32 and each candidate; keep the first that agrees.
+
+        Candidates come fastest first (:func:`auto_candidates`), so the first passing one is
+        the fastest faithful one. The result is memoized in the registry per model and
+        calibration sample, so many rerankers calibrate once.
+        """
+        sample = list(self.calibration) if self.calibration is not None else _demo_calibration()
+        digest = hashlib.sha256(
+            json.dumps([[q, list(t)] for q, t in sample]).encode("utf-8", "surrogatepass")
+        ).hexdigest()
+        key = (
+            "auto-precision",
+            self.model,
+            self.revision,
+            device,
+            self.max_length,
+            self.label_index,
+            self.fidelity_gate,
+            digest,
+        )
+        self.selection = self._registry.get_or_load(key, lambda: self._calibrate(device, sample))
+        return _variant_from_label(self.selection.chosen)
+
+    def _calibrate(self, device: str, sample: list[tuple[str, Sequence[str]]]) -> Selection:
+        reference_backend = self._sibling(FP32_TORCH)
+        reference = [reference_backend.score(query, texts) for query, texts in sample]
+        agreements = []
+        for candidate in auto_candidates(device):
+            if candidate == FP32_TORCH:
+                break
+            try:
+                scores = [self._sibling(candidate).score(query, texts) for query, texts in sample]
+            except (ImportError, ModelLoadError, ConfigurationError, RuntimeError) as exc:
+                from crossrank.backends.fidelity import Agreement
+
+                agreements.append(
+                    Agreement(candidate.label, 0.0, 0.0, float("inf"), False, error=str(exc))
+                )
+                continue
+            agreement = self.fidelity_gate.measure(candidate.label, reference, scores)
+            agreements.append(agreement)
+            if agreement.passed:
+                return Selection(
+                    chosen=candidate.label,
+                    reason=(
+                        f"fastest candidate whose ranking agrees with fp32 on {len(sample)} "
+                        f"calibration queries (tau >= {self.fidelity_gate.min_kendall_tau}, "
+                        f"top-{self.fidelity_gate.top_k} overlap >= "
+                        f"{self.fidelity_gate.min_top_k_overlap})"
+                    ),
+                    agreements=agreements,
+                    gate=self.fidelity_gate,
+                )
+        return Selection(
+            chosen=FP32_TORCH.label,
+            reason="no faster variant met the fidelity gate; fp32 is the reference",
+            agreements=agreements,
+            gate=self.fidelity_gate,
+        )
 
     @property
     def tokenizer(self) -> Any:
-        return self.load().tokenizer
+        self.load()
+        return self._tokenizer
 
     @property
     def model_max_length(self) -> int:
-        loaded = self.load()
-        return int(self.max_length or loaded.max_length or 512)
+        if self.max_length:
+            return int(self.max_length)
+        self.load()
+        limit = getattr(self._tokenizer, "model_max_length", None)
+        if not isinstance(limit, int) or limit > 100_000:  # "no limit" sentinel
+            return 512
+        return int(limit)
 
     # -- windowing capability ---------------------------------------------------------------
 
@@ -168,65 +470,117 @@ class CrossEncoderBackend(BaseBackend):
     def score(self, query: str, texts: Sequence[str]) -> list[float]:
         if not texts:
             return []
-        cross_encoder = self.load()
-        torch = import_torch()
-        tokenizer = cross_encoder.tokenizer
-        encoded = tokenizer(
-            [query] * len(texts),
+        texts = list(texts)
+        cached, keys = self._cache_lookup(query, texts)
+        missing = [i for i, value in enumerate(cached) if value is None]
+        if missing:
+            subset = [texts[i] for i in missing]
+            if self.micro_batch:
+                fresh = self._micro_batcher().submit(query, subset).result()
+            else:
+                fresh = self.score_pairs([query] * len(subset), subset)
+            self._cache_store(keys, missing, fresh)
+            for index, value in zip(missing, fresh, strict=True):
+                cached[index] = value
+        return [float(value) for value in cached]  # type: ignore[arg-type]
+
+    async def ascore(self, query: str, texts: Sequence[str]) -> list[float]:
+        if not self.micro_batch or not texts:
+            return await super().ascore(query, texts)
+        texts = list(texts)
+        cached, keys = self._cache_lookup(query, texts)
+        missing = [i for i, value in enumerate(cached) if value is None]
+        if missing:
+            if self._loaded is None:  # load off the event loop
+                await asyncio.to_thread(self.load)
+            future = self._micro_batcher().submit(query, [texts[i] for i in missing])
+            fresh = await asyncio.wrap_future(future)
+            self._cache_store(keys, missing, fresh)
+            for index, value in zip(missing, fresh, strict=True):
+                cached[index] = value
+        return [float(value) for value in cached]  # type: ignore[arg-type]
+
+    def _cache_lookup(self, query: str, texts: list[str]) -> tuple[list[float | None], list[Any]]:
+        if self.score_cache is None:
+            return [None] * len(texts), []
+        return self.score_cache.lookup(self._cache_model_key(), query, texts)
+
+    def _cache_store(self, keys: list[Any], missing: list[int], fresh: list[float]) -> None:
+        if self.score_cache is not None:
+            self.score_cache.store([keys[i] for i in missing], fresh)
+
+    def _cache_model_key(self) -> tuple[Any, ...]:
+        return (self.model, self.revision, self.variant.label, self.max_length, self.label_index)
+
+    def _micro_batcher(self) -> MicroBatcher:
+        if self._batcher is None:
+            with self._load_lock:
+                if self._batcher is None:
+                    self._batcher = MicroBatcher(
+                        self.score_pairs,
+                        max_wait_s=self.micro_batch_wait_s,
+                        max_pairs=max(self.batch_size, 1) * 8,
+                    )
+        return self._batcher
+
+    def close(self) -> None:
+        """Stop the micro-batching worker, if one was started."""
+        if self._batcher is not None:
+            self._batcher.close()
+            self._batcher = None
+
+    def score_pairs(self, queries: Sequence[str], texts: Sequence[str]) -> list[float]:
+        """Raw scores of ``(queries[i], texts[i])`` pairs; queries may differ between pairs."""
+        if len(queries) != len(texts):
+            raise ConfigurationError(
+                f"queries and texts differ in length: {len(queries)} vs {len(texts)}"
+            )
+        if not texts:
+            return []
+        self.load()
+        runner = self._runner
+        assert runner is not None
+        encoded = self._encode(queries, texts)
+        lengths = encoded.lengths
+        order = np.argsort(-lengths, kind="stable")
+        scores = np.empty(len(texts), dtype=np.float64)
+        pad_id = self._tokenizer.pad_token_id or 0
+        for batch in self._batches(order, lengths):
+            ids, mask, types = _pad(encoded, batch, pad_id)
+            logits = runner(ids, mask, types)
+            scores[batch] = self._select_logit(logits)
+        return scores.tolist()  # type: ignore[no-any-return]
+
+    def _encode(self, queries: Sequence[str], texts: Sequence[str]) -> _Encoded:
+        encoded = self._tokenizer(
+            list(queries),
             list(texts),
             padding=False,
             truncation="longest_first",
             max_length=self.model_max_length,
         )
         input_ids: list[list[int]] = encoded["input_ids"]
-        token_type_ids: list[list[int]] | None = encoded.get("token_type_ids")
         lengths = np.fromiter((len(ids) for ids in input_ids), dtype=np.int64, count=len(input_ids))
-        order = np.argsort(-lengths, kind="stable")
-        scores = np.empty(len(texts), dtype=np.float64)
-        model = (
-            cross_encoder.transformers_model
-            if hasattr(cross_encoder, "transformers_model")
-            else cross_encoder.model
-        )
-        device = next(model.parameters()).device
-        pad_id = tokenizer.pad_token_id or 0
-        with torch.inference_mode():
-            for batch in self._batches(order, lengths):
-                width = int(lengths[batch[0]])
-                ids = np.full((len(batch), width), pad_id, dtype=np.int64)
-                mask = np.zeros((len(batch), width), dtype=np.int64)
-                types = np.zeros((len(batch), width), dtype=np.int64) if token_type_ids else None
-                for row, index in enumerate(batch):
-                    length = int(lengths[index])
-                    ids[row, :length] = input_ids[index]
-                    mask[row, :length] = 1
-                    if types is not None and token_type_ids is not None:
-                        types[row, :length] = token_type_ids[index]
-                features = {
-                    "input_ids": torch.from_numpy(ids).to(device),
-                    "attention_mask": torch.from_numpy(mask).to(device),
-                }
-                if types is not None:
-                    features["token_type_ids"] = torch.from_numpy(types).to(device)
-                logits = model(**features).logits
-                scores[batch] = self._select_logit(logits).float().cpu().numpy()
-        return scores.tolist()
+        return _Encoded(input_ids, encoded.get("token_type_ids"), lengths)
 
     def _batches(self, order: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
-        """Consecutive slices of the length-sorted order, capped by count and token budget."""
+        """Consecutive slices of the length-sorted order, capped by count and token budget.
+
+        With descending lengths the first pair of a batch is its longest, so the batch's
+        padded size is ``count * lengths[first]``; the budget bounds exactly that.
+        """
+        budget = self.token_budget if self.token_budget is not None else DEFAULT_TOKEN_BUDGET
         batches: list[np.ndarray] = []
         start = 0
         total = len(order)
         while start < total:
             longest = int(lengths[order[start]])
-            size = self.batch_size
-            if self.token_budget is not None:
-                size = max(1, min(size, self.token_budget // max(longest, 1)))
+            size = max(1, min(self.batch_size, budget // max(longest, 1)))
             batches.append(order[start : start + size])
             start += size
         return batches
 
-    def _select_logit(self, logits: Any) -> Any:
+    def _select_logit(self, logits: np.ndarray) -> np.ndarray:
         labels = logits.shape[-1]
         if labels == 1:
             return logits[:, 0]
@@ -240,3 +594,36 @@ class CrossEncoderBackend(BaseBackend):
                 f"label_index {self.label_index} is out of range for {labels} labels"
             )
         return logits[:, self.label_index]
+
+
+def _pad(
+    encoded: _Encoded, batch: np.ndarray, pad_id: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Right-pad one batch to its longest pair (the first, since batches are length-sorted)."""
+    width = int(encoded.lengths[batch[0]])
+    ids = np.full((len(batch), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(batch), width), dtype=np.int64)
+    types = np.zeros((len(batch), width), dtype=np.int64) if encoded.token_type_ids else None
+    for row, index in enumerate(batch):
+        length = int(encoded.lengths[index])
+        ids[row, :length] = encoded.input_ids[index]
+        mask[row, :length] = 1
+        if types is not None and encoded.token_type_ids is not None:
+            types[row, :length] = encoded.token_type_ids[index]
+    return ids, mask, types
+
+
+def _variant_from_label(label: str) -> Variant:
+    runtime, _, precision = label.partition("-")
+    return parse_variant(precision, runtime, device="cuda" if precision == "fp16" else "cpu")
+
+
+def _demo_calibration() -> list[tuple[str, Sequence[str]]]:
+    """Every demo query against all bundled demo passages: near-misses on purpose."""
+    from importlib import resources
+
+    data = json.loads(
+        resources.files("crossrank").joinpath("data/demo_kb.json").read_text(encoding="utf-8")
+    )
+    passages = [passage["text"] for passage in data["passages"]]
+    return [(query["text"], passages) for query in data["queries"]]

@@ -1,0 +1,346 @@
+"""Export a cross-encoder to ONNX once, optimize and optionally quantize it, and cache it on disk.
+
+Exporting costs seconds to a minute, so each artifact is built once per machine and reused
+by every later process. An artifact lives in its own directory under the cache root, named
+by a hash of everything that changes its bytes: the model (id or resolved path, plus the
+weight files' size and mtime for local paths, so a retrained model is never served stale),
+revision, opset, quantization and the exporter's format version. The directory holds
+``model.onnx`` and ``manifest.json`` carrying the file's SHA-256; a file that no longer
+matches (a torn copy, a disk error, an edit) is detected on load and rebuilt.
+
+Concurrency: builders take an exclusive file lock per artifact (threads and processes
+alike), re-check under the lock, build into a temporary directory and publish it with one
+atomic ``os.replace``, so a reader never sees half an artifact and N concurrent first uses
+export once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from crossrank.errors import ModelLoadError, missing_dependency
+
+logger = logging.getLogger(__name__)
+
+#: Bump when the export recipe changes, so old artifacts are not reused.
+EXPORT_FORMAT_VERSION = 1
+DEFAULT_OPSET = 17
+_MODEL_FILE = "model.onnx"
+_MANIFEST_FILE = "manifest.json"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+#: Counts real exports/quantizations per artifact key in this process (tests read it).
+build_counts: dict[str, int] = {}
+_count_guard = threading.Lock()
+
+
+def default_cache_dir() -> Path:
+    """``$CROSSRANK_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/crossrank`` (``~/.cache``)."""
+    explicit = os.environ.get("CROSSRANK_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "crossrank"
+
+
+@dataclass(frozen=True)
+class OnnxArtifact:
+    """A verified ONNX model on disk, with the digest that identifies its bytes."""
+
+    path: Path
+    sha256: str
+    key: str
+
+
+def _model_fingerprint(model: str) -> str:
+    """Identity of the model's weights: the id for hub models, path + file stats for local."""
+    path = Path(model).expanduser()
+    if not path.exists():
+        return model
+    resolved = path.resolve()
+    stats = []
+    for file in sorted(resolved.rglob("*")) if resolved.is_dir() else [resolved]:
+        if file.is_file() and (file.suffix in _WEIGHT_SUFFIXES or file.name == "config.json"):
+            info = file.stat()
+            stats.append(f"{file.relative_to(resolved)}:{info.st_size}:{info.st_mtime_ns}")
+    return f"{resolved}|{';'.join(stats)}"
+
+
+def artifact_key(
+    model: str,
+    *,
+    revision: str | None,
+    opset: int,
+    quantization: str | None,
+    max_length: int | None,
+) -> str:
+    """Directory name of an artifact: a readable model stem plus a content hash of the recipe."""
+    recipe = json.dumps(
+        {
+            "model": _model_fingerprint(model),
+            "revision": revision,
+            "opset": opset,
+            "quantization": quantization,
+            "max_length": max_length,
+            "format": EXPORT_FORMAT_VERSION,
+        },
+        sort_keys=True,
+    )
+    digest = hashlib.sha256(recipe.encode()).hexdigest()[:16]
+    stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in Path(model).name)[-48:]
+    return f"{stem}-{quantization or 'fp32'}-{digest}"
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _verified(directory: Path, key: str) -> OnnxArtifact | None:
+    """The artifact in ``directory`` if its manifest and bytes agree, else ``None``."""
+    model_file = directory / _MODEL_FILE
+    manifest_file = directory / _MANIFEST_FILE
+    try:
+        manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+        expected = manifest["sha256"]
+        actual = _file_sha256(model_file)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if actual != expected:
+        logger.warning("ONNX cache entry %s is corrupted (checksum mismatch); rebuilding", key)
+        return None
+    return OnnxArtifact(path=model_file, sha256=actual, key=key)
+
+
+def _lock(path: Path) -> Any:
+    try:
+        from filelock import FileLock
+    except ImportError as exc:
+        raise missing_dependency("filelock", "onnx") from exc
+    return FileLock(str(path), thread_local=False)
+
+
+def ensure_artifact(
+    model: str,
+    *,
+    quantization: str | None,
+    cache_dir: str | Path | None = None,
+    revision: str | None = None,
+    opset: int = DEFAULT_OPSET,
+    max_length: int | None = None,
+    trust_remote_code: bool = False,
+    local_files_only: bool = False,
+) -> OnnxArtifact:
+    """Return the cached artifact for the recipe, building (once, under a lock) if needed."""
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    root = root / "onnx"
+    root.mkdir(parents=True, exist_ok=True)
+    key = artifact_key(
+        model, revision=revision, opset=opset, quantization=quantization, max_length=max_length
+    )
+    directory = root / key
+    artifact = _verified(directory, key)
+    if artifact is not None:
+        return artifact
+    with _lock(root / f"{key}.lock"):
+        artifact = _verified(directory, key)
+        if artifact is not None:
+            return artifact
+        if quantization is None:
+            source = None
+        else:
+            source = ensure_artifact(
+                model,
+                quantization=None,
+                cache_dir=cache_dir,
+                revision=revision,
+                opset=opset,
+                max_length=max_length,
+                trust_remote_code=trust_remote_code,
+                local_files_only=local_files_only,
+            )
+        staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
+        try:
+            target = staging / _MODEL_FILE
+            if source is None:
+                _export_fp32(
+                    model,
+                    target,
+                    opset=opset,
+                    revision=revision,
+                    max_length=max_length,
+                    trust_remote_code=trust_remote_code,
+                    local_files_only=local_files_only,
+                )
+            else:
+                _quantize(source.path, target, quantization=quantization)
+            sha = _file_sha256(target)
+            manifest = {
+                "sha256": sha,
+                "model": model,
+                "revision": revision,
+                "opset": opset,
+                "quantization": quantization,
+                "format": EXPORT_FORMAT_VERSION,
+            }
+            (staging / _MANIFEST_FILE).write_text(json.dumps(manifest, indent=1), "utf-8")
+            if directory.exists():  # a corrupted earlier entry: move it aside, then drop it
+                stale = root / f".{key}.stale-{os.getpid()}-{threading.get_ident()}"
+                os.replace(directory, stale)
+                shutil.rmtree(stale, ignore_errors=True)
+            os.replace(staging, directory)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        with _count_guard:
+            build_counts[key] = build_counts.get(key, 0) + 1
+        return OnnxArtifact(path=directory / _MODEL_FILE, sha256=sha, key=key)
+
+
+def _export_fp32(
+    model: str,
+    target: Path,
+    *,
+    opset: int,
+    revision: str | None,
+    max_length: int | None,
+    trust_remote_code: bool,
+    local_files_only: bool,
+) -> None:
+    """Trace the model with eager attention (so ORT can fuse it) and write fused fp32 ONNX."""
+    try:
+        import torch
+        from sentence_transformers import CrossEncoder
+    except ImportError as exc:
+        raise missing_dependency("sentence-transformers", "local") from exc
+    try:
+        import onnx  # noqa: F401  (torch's exporter needs it)
+    except ImportError as exc:
+        raise missing_dependency("onnx", "onnx") from exc
+    try:
+        cross_encoder = CrossEncoder(
+            model,
+            device="cpu",
+            max_length=max_length,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            local_files_only=local_files_only,
+            model_kwargs={"attn_implementation": "eager", "torch_dtype": torch.float32},
+        )
+    except Exception as exc:
+        raise ModelLoadError(
+            f"could not load cross-encoder {model!r} for ONNX export: {type(exc).__name__}: {exc}"
+        ) from exc
+    network: Any = getattr(cross_encoder, "transformers_model", None) or cross_encoder.model
+    network.eval()
+    sample = cross_encoder.tokenizer(
+        ["a short query", "another query"],
+        ["a passage to trace the graph with", "a second, somewhat longer passage of text"],
+        padding=True,
+        return_tensors="pt",
+    )
+    input_names = [
+        name for name in ("input_ids", "attention_mask", "token_type_ids") if name in sample
+    ]
+
+    class _LogitsOnly(torch.nn.Module):  # type: ignore[misc]
+        """Positional inputs in, logits out: the shape the tracer and ORT want."""
+
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *tensors: Any) -> Any:
+            return self.inner(**dict(zip(input_names, tensors, strict=True))).logits
+
+    dynamic = {name: {0: "batch", 1: "sequence"} for name in input_names}
+    dynamic["logits"] = {0: "batch"}
+    raw = target.with_name("raw.onnx")
+    import warnings
+
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _LogitsOnly(network),
+            tuple(sample[name] for name in input_names),
+            str(raw),
+            dynamo=False,
+            opset_version=opset,
+            input_names=input_names,
+            output_names=["logits"],
+            dynamic_axes=dynamic,
+            do_constant_folding=True,
+        )
+    _fuse_transformer(raw, target, config=network.config)
+    raw.unlink(missing_ok=True)
+
+
+def _fuse_transformer(raw: Path, target: Path, *, config: Any) -> None:
+    """Fuse attention/LayerNorm/GELU with ORT's transformer optimizer when it knows the model.
+
+    Fusion is what makes ONNX fp32 faster than torch on CPU; a model type the optimizer does
+    not recognize keeps the plain graph (ORT still applies its generic optimizations).
+    """
+    model_type = getattr(config, "model_type", "")
+    fusable = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "electra": "bert"}
+    if model_type not in fusable:
+        shutil.copyfile(raw, target)
+        return
+    try:
+        from onnxruntime.transformers import optimizer
+    except ImportError as exc:
+        raise missing_dependency("onnxruntime", "onnx") from exc
+    try:
+        optimized = optimizer.optimize_model(
+            str(raw),
+            model_type=fusable[model_type],
+            num_heads=int(config.num_attention_heads),
+            hidden_size=int(config.hidden_size),
+            opt_level=1,
+            use_gpu=False,
+        )
+        optimized.save_model_to_file(str(target))
+    except Exception as exc:  # fusion is an optimization, never a reason to fail
+        logger.warning("ONNX transformer fusion failed (%s); using the plain export", exc)
+        shutil.copyfile(raw, target)
+
+
+def _quantize(source: Path, target: Path, *, quantization: str | None) -> None:
+    """Dynamic int8: weights per output channel, activations scaled per batch at run time."""
+    try:
+        import onnx
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError as exc:
+        raise missing_dependency("onnxruntime", "onnx") from exc
+    if quantization not in ("dynamic", "dynamic-mixed"):
+        raise ValueError(f"unknown quantization {quantization!r}")
+    excluded: list[str] = []
+    if quantization == "dynamic-mixed":
+        graph = onnx.load(str(source), load_external_data=False).graph
+        excluded = [node.name for node in graph.node if _is_ffn_down_projection(node)]
+    quantize_dynamic(
+        str(source),
+        str(target),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        nodes_to_exclude=excluded,
+        extra_options={"DefaultTensorType": 1},  # fused ops hide types from shape inference
+    )
+
+
+def _is_ffn_down_projection(node: Any) -> bool:
+    """The feed-forward block's second linear layer (BERT names it ``layer.N/output/dense``)."""
+    name = node.name
+    return node.op_type == "MatMul" and "/output/dense" in name and "/attention/" not in name

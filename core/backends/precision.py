@@ -1,0 +1,137 @@
+"""Which numeric variant of a local cross-encoder runs: runtime (torch / ONNX Runtime) x precision.
+
+One switch (``precision=`` plus ``runtime=``) names a variant; this module turns the pair into
+a :class:`Variant`, checks that the hardware can run it, and lists the candidates
+``precision="auto"`` may pick from, fastest first. It imports nothing heavy: the hardware probe
+imports torch only when asked.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from crossrank.errors import ConfigurationError
+
+PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int8-mixed", "auto")
+RUNTIMES = ("torch", "onnx", "auto")
+
+#: Aliases accepted for ``precision=`` (the torch dtype names the lead's ``dtype=`` used).
+_PRECISION_ALIASES = {
+    "float32": "fp32",
+    "bfloat16": "bf16",
+    "float16": "fp16",
+    "half": "fp16",
+    "int8-dynamic": "int8",
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One concrete way to run the model.
+
+    ``quantization`` is ``None`` for float variants; ``"dynamic"`` quantizes every linear
+    layer's weights per channel and its activations per batch at run time; ``"dynamic-mixed"``
+    does the same but keeps each feed-forward block's down-projection in fp32, the layer whose
+    input (after GELU) has the outliers that make per-tensor activation scales coarse.
+    """
+
+    runtime: str
+    precision: str
+    quantization: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.runtime}-{self.precision}"
+
+    def __str__(self) -> str:
+        return self.label
+
+
+FP32_TORCH = Variant("torch", "fp32")
+
+
+def parse_variant(
+    precision: str, runtime: str, *, device: str, check_hardware: bool = True
+) -> Variant:
+    """Resolve ``precision``/``runtime`` to a variant, or raise naming the bad value.
+
+    ``check_hardware=False`` validates names only (no torch import), for constructors.
+    ``precision="auto"`` is not resolved here (it needs a calibration run); callers check it
+    first. ``runtime="auto"`` means torch for float precisions and ONNX Runtime for int8 (the
+    only runtime crossrank quantizes with).
+    """
+    if not isinstance(precision, str):
+        raise ConfigurationError(f"precision must be a string, got {precision!r}")
+    name = _PRECISION_ALIASES.get(precision.strip().lower(), precision.strip().lower())
+    if name not in PRECISIONS or name == "auto":
+        raise ConfigurationError(
+            f"unknown precision {precision!r}; expected one of {list(PRECISIONS)}"
+        )
+    if runtime not in RUNTIMES:
+        raise ConfigurationError(f"unknown runtime {runtime!r}; expected one of {list(RUNTIMES)}")
+    on_gpu = device.startswith(("cuda", "mps"))
+    if name.startswith("int8"):
+        if runtime == "torch":
+            raise ConfigurationError(
+                f"precision {precision!r} needs runtime='onnx' (torch int8 is not supported)"
+            )
+        if on_gpu:
+            raise ConfigurationError(f"precision {precision!r} runs on CPU only, not {device!r}")
+        quantization = "dynamic" if name == "int8" else "dynamic-mixed"
+        return Variant("onnx", name, quantization)
+    resolved_runtime = "torch" if runtime == "auto" else runtime
+    if resolved_runtime == "onnx":
+        if name != "fp32":
+            raise ConfigurationError(
+                f"precision {precision!r} is not available with runtime='onnx'; use fp32 or int8"
+            )
+        if on_gpu:
+            raise ConfigurationError(f"runtime='onnx' runs on CPU only here, not {device!r}")
+    if name == "bf16" and check_hardware and not on_gpu and not cpu_supports_bf16():
+        raise ConfigurationError(
+            "precision 'bf16' needs a CPU with native bf16 (avx512_bf16 or AMX); this one has "
+            "neither, so it would run slower than fp32"
+        )
+    if name == "fp16" and not on_gpu:
+        raise ConfigurationError(f"precision 'fp16' is for GPUs; on {device!r} use 'bf16'")
+    return Variant(resolved_runtime, name)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_supports_bf16() -> bool:
+    """True when oneDNN can run bf16 matmuls natively on this CPU."""
+    try:
+        import torch
+
+        probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+        if probe is not None:
+            return bool(probe())
+    except Exception:
+        pass
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            flags = handle.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def auto_candidates(device: str) -> list[Variant]:
+    """Variants ``precision="auto"`` tries, fastest first on the given device.
+
+    The order comes from ``benchmarks/local_backend.py`` on an AVX-512 CPU: int8 kernels
+    (VNNI) beat bf16, which beats fused fp32 ONNX, which beats fp32 torch. The fp32 torch
+    reference always passes and ends the list.
+    """
+    if device.startswith(("cuda", "mps")):
+        return [Variant("torch", "fp16"), FP32_TORCH]
+    candidates = [
+        Variant("onnx", "int8", "dynamic"),
+        Variant("onnx", "int8-mixed", "dynamic-mixed"),
+    ]
+    if cpu_supports_bf16():
+        candidates.append(Variant("torch", "bf16"))
+    candidates.append(Variant("onnx", "fp32"))
+    candidates.append(FP32_TORCH)
+    return candidates
