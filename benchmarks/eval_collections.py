@@ -200,8 +200,7 @@ def markdown(results: dict[str, Any], depth: int) -> str:
         "",
     ]
     lines.append(
-        "| collection | first stage | backend | mode | policy | skip (B) "
-        "| nDCG@10 loss vs always (B) |"
+        "| collection | first stage | backend | mode | policy | skip (B) | nDCG@10 vs always (B) |"
     )
     lines.append("|---|---|---|---|---|---|---|")
     for key, entry in results.items():
@@ -212,7 +211,7 @@ def markdown(results: dict[str, Any], depth: int) -> str:
             held = entry[mode]["held_out"]
             lines.append(
                 f"| {name} | {method} | {backend_name} | {mode} | {entry[mode]['selective']} | "
-                f"{held['skip_rate']:.0%} | {-held['delta_vs_always'] * 100:+.2f} pts |"
+                f"{held['skip_rate']:.0%} | {held['delta_vs_always'] * 100:+.2f} pts |"
             )
     lines += [
         "",

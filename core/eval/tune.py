@@ -8,7 +8,9 @@ configuration's per-query nDCG is picked from the two runs it switches between.
 
 Modes:
 - ``best`` — the highest tuning-half nDCG@10; anything but first stage only must beat it by
-  ``--min-gain`` (a reranker that does not clearly help is not worth its latency or risk);
+  ``--min-gain`` *and* pass a paired randomization test at ``--max-p`` on the tuning half
+  (on a few dozen queries a one-point gain is noise, and a reranker that does not clearly
+  help is not worth its latency or risk);
 - ``skip`` — the best threshold that skips at least ``--target-skip`` of queries;
 - ``max-loss`` — the highest skip rate losing at most ``--max-loss`` nDCG@10 to always
   reranking.
@@ -156,17 +158,25 @@ def choose(
     *,
     mode: str = "best",
     min_gain: float = 0.01,
+    max_p: float = 0.1,
     target_skip: float = 0.3,
     max_loss: float = 0.005,
 ) -> Option:
     """Pick one option using only ``tune_ids`` (see the module docstring for the modes)."""
+    from crossrank.eval.metrics import paired_tests
+
     baseline = next(o for o in options if o.selective == "never")
     always = next(o for o in options if o.selective == "always" and o.blend is None)
     if mode == "best":
         best = max(options, key=lambda o: (o.mean(tune_ids), o.skip_rate(tune_ids)))
-        if best.mean(tune_ids) < baseline.mean(tune_ids) + min_gain:
+        if best is baseline or best.mean(tune_ids) < baseline.mean(tune_ids) + min_gain:
             return baseline
-        return best
+        test = paired_tests(
+            {q: baseline.ndcg[q] for q in tune_ids},
+            {q: best.ndcg[q] for q in tune_ids},
+            permutations=5000,
+        )
+        return best if test["p_randomization"] <= max_p else baseline
     plain = [o for o in options if o.blend is None and o.selective not in ("always", "never")]
     if mode == "skip":
         eligible = [o for o in plain if o.skip_rate(tune_ids) >= target_skip]
@@ -202,6 +212,7 @@ def tune_evaluation(
     seed: int = 0,
     policies: Sequence[str] = POLICY_KINDS,
     min_gain: float = 0.01,
+    max_p: float = 0.1,
     target_skip: float = 0.3,
     max_loss: float = 0.005,
 ) -> Choice:
@@ -214,7 +225,13 @@ def tune_evaluation(
         evaluation, threshold_ids=tune_ids, policies=policies, with_blends=mode == "best"
     )
     option = choose(
-        options, tune_ids, mode=mode, min_gain=min_gain, target_skip=target_skip, max_loss=max_loss
+        options,
+        tune_ids,
+        mode=mode,
+        min_gain=min_gain,
+        max_p=max_p,
+        target_skip=target_skip,
+        max_loss=max_loss,
     )
     baseline = next(o for o in options if o.selective == "never")
     always = next(o for o in options if o.selective == "always" and o.blend is None)
@@ -258,6 +275,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--max-loss", type=float, default=0.005, help="in nDCG@10 (0.005 = 0.5 points)"
     )
     parser.add_argument("--min-gain", type=float, default=0.01)
+    parser.add_argument("--max-p", type=float, default=0.1, help="randomization-test p for best")
     parser.add_argument("--seed", type=int, default=0, help="seed of the tuning/held-out split")
     parser.add_argument("--out", required=True, help="where to write the Reranker config JSON")
 
@@ -285,6 +303,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         policies=args.policy or POLICY_KINDS,
         min_gain=args.min_gain,
+        max_p=args.max_p,
         target_skip=args.target_skip,
         max_loss=args.max_loss,
     )
