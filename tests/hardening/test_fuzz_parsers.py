@@ -64,7 +64,9 @@ def trustworthy_scores(payload: Any, expected: int) -> list[float] | None:
         index, score = item.get("index"), item.get("relevance_score")
         if type(index) is not int or not 0 <= index < expected or index in scores:
             return None
-        if type(score) not in (int, float) or not math.isfinite(score):
+        if not isinstance(score, (int, float)) or type(score) is bool:
+            return None
+        if not math.isfinite(score):
             return None
         scores[index] = float(score)
     if len(scores) != expected:
