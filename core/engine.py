@@ -220,8 +220,8 @@ class Reranker:
         unknown = set(options) - set(_CONFIG_KEYS)
         if unknown:
             raise ConfigurationError(f"unknown reranker config keys: {sorted(unknown)}")
-        backend_options = dict(options.pop("backend_options", None) or {})
-        backend_options.update(overrides.pop("backend_options", None) or {})
+        backend_options = dict(_mapping_option(options.pop("backend_options", None)))
+        backend_options.update(_mapping_option(overrides.pop("backend_options", None)))
         options.update(overrides)
         selective = options.pop("selective", None)
         if isinstance(selective, str):
@@ -463,6 +463,17 @@ _CONFIG_KEYS = (
     "deduplicate",
     "strict",
 )
+
+def _mapping_option(value: Any) -> Mapping[str, Any]:
+    """``backend_options`` from a config: a mapping with string keys, or nothing."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
+        raise ConfigurationError(
+            f"backend_options must be a mapping of option names to values, got {value!r}"
+        )
+    return value
+
 
 _SECRET_WORDS = ("key", "token", "secret", "password")
 

@@ -54,9 +54,11 @@ class Softmax:
     def __call__(self, raw_scores: FloatArray) -> FloatArray:
         if raw_scores.size == 0:
             return raw_scores.astype(np.float64)
-        scaled = raw_scores.astype(np.float64) / self.temperature
-        with np.errstate(over="ignore"):  # a gap beyond float range just underflows to 0
-            shifted = np.exp(scaled - scaled.max())
+        values = raw_scores.astype(np.float64)
+        # Shift before scaling: dividing huge finite scores by a small temperature would
+        # overflow to inf (and inf - inf is NaN). A gap beyond float range underflows to 0.
+        with np.errstate(over="ignore"):
+            shifted = np.exp((values - values.max()) / self.temperature)
         return shifted / shifted.sum()
 
 
@@ -88,8 +90,11 @@ class MinMax:
         if values.size == 0:
             return values
         low, high = float(values.min()), float(values.max())
-        if high - low <= 0.0 or not math.isfinite(high - low):
+        if high <= low:
             return np.ones_like(values)
+        if not math.isfinite(high - low):
+            # The span overflows float64; halving everything first keeps it representable.
+            return (values / 2 - low / 2) / (high / 2 - low / 2)
         return (values - low) / (high - low)
 
 

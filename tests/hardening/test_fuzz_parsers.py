@@ -430,11 +430,6 @@ def test_from_config_builds_or_raises_a_crossrank_error(config: dict[str, Any]) 
     assert result.report.status == "empty"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug (core/engine.py Reranker.from_config): a backend_options that is not a "
-    "mapping reaches dict() and raises TypeError/ValueError instead of ConfigurationError",
-)
 @pytest.mark.parametrize("backend_options", [[1, 2], "ab", 5])
 def test_from_config_rejects_non_mapping_backend_options(backend_options: Any) -> None:
     with pytest.raises(ConfigurationError, match="backend_options"):

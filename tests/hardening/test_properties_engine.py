@@ -301,11 +301,6 @@ def test_extreme_scores_give_finite_ordered_scores(normalization: str, raw: list
     assert [item.raw_score for item in result] == sorted(raw, reverse=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug (core/normalize.py Softmax): raw/temperature overflows to inf for "
-    "finite scores when temperature < 1, and inf - inf gives NaN scores on a 'reranked' result",
-)
 def test_softmax_with_low_temperature_survives_extreme_scores() -> None:
     assert np.all(np.isfinite(Softmax(temperature=0.5)(np.array([1.7e308, 0.0]))))
     result = Reranker(FixedScoresBackend([1.7e308, 0.0]), temperature=0.5).rerank(
@@ -314,11 +309,6 @@ def test_softmax_with_low_temperature_survives_extreme_scores() -> None:
     assert all(math.isfinite(score) for score in result.scores)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine weakness (core/normalize.py MinMax): when max - min overflows, every "
-    "candidate gets 1.0 although their raw scores differ",
-)
 def test_minmax_keeps_resolution_when_the_range_overflows() -> None:
     scores = MinMax()(np.array([1.7e308, 0.0, -1.7e308]))
     assert list(scores) == [1.0, 0.5, 0.0]
