@@ -168,18 +168,26 @@ class CohereBackend(RemoteRerankBackend[Any]):
 
     def _send(self, query: str, documents: list[str]) -> Any:
         client = self._client()
+        failure: Exception | None = None
         try:
             response = client.rerank(**self._request(query, documents))
         except Exception as exc:
-            raise self._translate(exc) from None
+            failure = self._translate(exc)
+        # Raised outside the handler so the SDK's exception, which may quote request
+        # headers, is neither the cause nor the context of what callers see.
+        if failure is not None:
+            raise failure
         return _as_payload(response)
 
     async def _asend(self, query: str, documents: list[str]) -> Any:
         client = self._aclient()
+        failure: Exception | None = None
         try:
             response = await client.rerank(**self._request(query, documents))
         except Exception as exc:
-            raise self._translate(exc) from None
+            failure = self._translate(exc)
+        if failure is not None:
+            raise failure
         return _as_payload(response)
 
     def _translate(self, exc: Exception) -> Exception:
@@ -204,6 +212,12 @@ class CohereBackend(RemoteRerankBackend[Any]):
         parsing_error = getattr(sdk_errors, "ParsingError", None)
         if parsing_error is not None and isinstance(exc, parsing_error):
             return BackendResponseError(f"{self.name} response does not match the rerank schema")
+        if isinstance(exc, (TypeError, ValueError, KeyError, AttributeError)):
+            # Non-2xx answers arrive as ApiError; these come from decoding a 2xx body whose
+            # JSON is not a rerank object (a list, a string...).
+            return BackendResponseError(
+                f"{self.name} response does not match the rerank schema ({type(exc).__name__})"
+            )
         return AttemptFailed(
             f"unexpected {type(exc).__name__}: {redact(str(exc), self._secrets)[:300]}",
             retryable=False,

@@ -181,12 +181,6 @@ def test_served_answers_are_trusted_only_when_trustworthy(
     assert server.pending_faults == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core/backends/cohere.py: a 200 body that is JSON but not an object (e.g. a list) "
-    "makes the SDK raise TypeError, reported as BackendUnavailableError ('not retryable', no "
-    "status) instead of BackendResponseError",
-)
 def test_cohere_answer_that_is_a_json_list_is_a_response_error(server: FakeRerankServer) -> None:
     from crossrank.backends.cohere import CohereBackend
 

@@ -324,16 +324,7 @@ def full_context_chain(error: BaseException) -> list[str]:
 @pytest.mark.parametrize(
     "provider",
     [
-        pytest.param(
-            "cohere",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="core/backends/cohere.py: `raise self._translate(exc) from None` inside "
-                "the except block hides the SDK's ApiError from tracebacks but keeps it as "
-                "__context__, and its unredacted body holds a key echoed by a proxy; error "
-                "reporters that walk __context__ would see it",
-            ),
-        ),
+        "cohere",
         "jina",
     ],
 )
