@@ -30,6 +30,7 @@ from crossrank import (
     BaseBackend,
     Candidate,
     ConfigurationError,
+    CrossrankError,
     InvalidInputError,
     MissingDependencyError,
     Reranker,
@@ -40,7 +41,7 @@ from crossrank import (
 
 try:
     from haystack import Document, component, default_from_dict, default_to_dict
-    from haystack.core.errors import SerializationError
+    from haystack.core.errors import DeserializationError, SerializationError
     from haystack.utils import Secret, deserialize_secrets_inplace
 except ImportError as exc:  # pragma: no cover - exercised only without the extra installed
     raise MissingDependencyError("haystack-ai", "haystack") from exc
@@ -181,6 +182,10 @@ class CrossrankRanker:
         else:
             raise ConfigurationError(
                 f"backend must be a backend name or a Backend instance, got {backend!r}"
+            )
+        if backend_options is not None and not isinstance(backend_options, Mapping):
+            raise ConfigurationError(
+                f"backend_options must be a mapping of option names, got {backend_options!r}"
             )
         options = dict(backend_options or {})
         secret_options = sorted(name for name in options if is_secret_option(name))
@@ -354,8 +359,16 @@ class CrossrankRanker:
     def from_dict(cls, data: dict[str, Any]) -> "CrossrankRanker":
         """Rebuild from :meth:`to_dict` output (the Secret reference is turned back into one)."""
         init_parameters = data.get("init_parameters", {})
-        deserialize_secrets_inplace(init_parameters, keys=["api_key"])
-        return default_from_dict(cls, data)  # type: ignore[no-any-return]
+        try:
+            deserialize_secrets_inplace(init_parameters, keys=["api_key"])
+            return default_from_dict(cls, data)  # type: ignore[no-any-return]
+        except CrossrankError:
+            raise
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            # Haystack's documented error for a component dict it cannot turn into a component.
+            raise DeserializationError(
+                f"cannot build CrossrankRanker from {init_parameters!r}: {exc}"
+            ) from exc
 
     # -- running ----------------------------------------------------------------------------
 

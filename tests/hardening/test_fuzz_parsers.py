@@ -490,12 +490,6 @@ def test_haystack_component_dicts_load_or_fail_clearly(parameters: dict[str, Any
     assert rebuilt.to_dict() == ranker.to_dict()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in integrations/haystack.py: malformed meta_fields_to_embed / backend_options / "
-    "api_key in a component dict escape as TypeError/ValueError/KeyError, not a crossrank or "
-    "Haystack DeserializationError",
-)
 @pytest.mark.parametrize(
     "parameters",
     [
