@@ -14,6 +14,18 @@ os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread() -> None:
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine the
+    thread hand-offs made each call tens of times slower. Benchmarks, not tests, measure speed.
+    """
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def tiny_cross_encoder_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer BERT cross-encoder with a locally trained WordPiece vocabulary."""
