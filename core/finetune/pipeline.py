@@ -39,6 +39,7 @@ from crossrank.finetune.pairs import (
     split_queries,
 )
 from crossrank.finetune.train import (
+    EMBEDDED_BASE,
     TrainingConfig,
     TrainingOutcome,
     is_listwise,
@@ -189,6 +190,12 @@ def finetune(
             )
     seconds["prepare"] = time.perf_counter() - started
 
+    if training.base_model == EMBEDDED_BASE:
+        log(
+            "note: the embedded base is a bi-encoder; its new classification head needs on the "
+            "order of a thousand steps to learn to rank. With fewer, start from a trained "
+            "cross-encoder (--base PATH_OR_ID)."
+        )
     model = load_base_model(training)
     base_scores: list[float] | None = None
     if evaluate_base and heldout_runs:
