@@ -94,7 +94,8 @@ class PlattCalibrator:
 
     def __call__(self, raw_scores: FloatArray) -> FloatArray:
         values = np.asarray(raw_scores, dtype=np.float64)
-        return _sigmoid(self.slope * values + self.intercept)
+        with np.errstate(over="ignore"):  # an overflowing logit saturates to 0 or 1
+            return _sigmoid(self.slope * values + self.intercept)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -119,8 +120,13 @@ class IsotonicCalibrator:
     bounds = (0.0, 1.0)
 
     def __init__(self, *, knots_x: Sequence[float], knots_y: Sequence[float]) -> None:
-        x = np.asarray(knots_x, dtype=np.float64)
-        y = np.asarray(knots_y, dtype=np.float64)
+        try:
+            x = np.asarray(knots_x, dtype=np.float64)
+            y = np.asarray(knots_y, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(
+                f"isotonic knots must be lists of numbers, got {knots_x!r} and {knots_y!r}"
+            ) from exc
         if x.ndim != 1 or x.size == 0 or x.size != y.size:
             raise ConfigurationError(
                 f"isotonic knots must be two non-empty lists of equal length, got {x.size} "
@@ -209,6 +215,8 @@ def load_calibrator(path: str | Path) -> Calibrator:
         raise ConfigurationError(f"calibrator file {str(file)!r} does not exist")
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(f"calibrator file {str(file)!r} is not UTF-8 text") from exc
     except json.JSONDecodeError as exc:
         raise ConfigurationError(f"calibrator file {str(file)!r} is not valid JSON: {exc}") from exc
     return calibrator_from_dict(data)

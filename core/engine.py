@@ -23,7 +23,14 @@ from crossrank.backends import create_backend
 from crossrank.backends.base import Backend, TokenWindowing
 from crossrank.blend import Blend, parse_blend
 from crossrank.errors import BackendError, BackendResponseError, ConfigurationError, CrossrankError
-from crossrank.normalize import Normalizer, resolve_normalizer
+from crossrank.normalize import (
+    Identity,
+    MinMax,
+    Normalizer,
+    Sigmoid,
+    Softmax,
+    resolve_normalizer,
+)
 from crossrank.selective import AlwaysRerank, SelectivePolicy
 from crossrank.types import (
     Candidate,
@@ -378,13 +385,19 @@ class Reranker:
         else:
             # No scores to read: a rank-derived score keeps the order and the scale sane.
             basis = -np.arange(len(call.kept), dtype=np.float64)
-        normalized = self.normalizer(basis) if len(basis) else basis
+        # A fitted calibrator maps *reranker* scores to probabilities; fed BM25 scores it would
+        # print confident nonsense, so first-stage results use softmax instead.
+        normalizer = (
+            self.normalizer if isinstance(self.normalizer, _SCALE_FREE_NORMALIZERS) else Softmax()
+        )
+        normalized = normalizer(basis) if len(basis) else basis
         return self._build(
             call,
             status,
             order=list(range(len(call.kept))),
             raw_scores=None,
             normalized=[float(value) for value in normalized],
+            normalization=normalizer.name,
             error=error,
         )
 
@@ -411,6 +424,7 @@ class Reranker:
         order: list[int],
         raw_scores: list[float] | None,
         normalized: list[float],
+        normalization: str | None = None,
         error: str | None = None,
     ) -> RerankResult:
         ranked: list[RankedCandidate] = []
@@ -436,7 +450,7 @@ class Reranker:
             status=status,
             backend=self.backend.name,
             model=self.backend.model_name,
-            normalization=self.normalizer.name,
+            normalization=normalization or self.normalizer.name,
             pairs_scored=len(call.kept) if scored else 0,
             windows_scored=len(call.windows.window_texts) if scored else 0,
             duplicates=call.duplicates,
@@ -447,6 +461,9 @@ class Reranker:
         )
         return RerankResult(query=call.query, ranked=tuple(ranked), report=report)
 
+
+# Normalizations that mean the same on any score scale, first-stage scores included.
+_SCALE_FREE_NORMALIZERS = (Softmax, Sigmoid, MinMax, Identity)
 
 _CONFIG_KEYS = (
     "backend",
@@ -463,6 +480,7 @@ _CONFIG_KEYS = (
     "deduplicate",
     "strict",
 )
+
 
 def _mapping_option(value: Any) -> Mapping[str, Any]:
     """``backend_options`` from a config: a mapping with string keys, or nothing."""

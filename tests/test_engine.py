@@ -384,3 +384,16 @@ def test_config_of_instance_backend_is_refused() -> None:
 def test_from_config_rejects_unknown_keys() -> None:
     with pytest.raises(ConfigurationError, match="unknown reranker config keys"):
         Reranker.from_config({"backend": "cross-encoder", "colour": "blue"})
+
+
+def test_calibrated_reranker_skips_with_softmax_over_first_stage() -> None:
+    from crossrank.calibration import PlattCalibrator
+
+    calibrator = PlattCalibrator(slope=1.0, intercept=0.0)
+    reranked = Reranker(KeywordBackend(), normalization=calibrator).rerank(QUERY, candidates())
+    assert reranked.report.normalization == "platt"
+    skipped = Reranker(KeywordBackend(), normalization=calibrator, selective=NeverRerank()).rerank(
+        QUERY, candidates()
+    )
+    assert skipped.report.normalization == "softmax"
+    assert sum(skipped.scores) == pytest.approx(1.0)

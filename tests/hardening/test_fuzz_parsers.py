@@ -308,11 +308,6 @@ def test_calibrator_documents_load_or_fail_clearly(document: Any) -> None:
     assert np.all(np.diff(probabilities) >= 0) or calibrator.name == "platt"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in core/calibration.py: non-numeric isotonic knots reach np.asarray and raise "
-    "ValueError/TypeError instead of ConfigurationError",
-)
 @pytest.mark.parametrize(
     "knots_x", [["a", "b"], [[0.0], [1.0, 2.0]], {"a": 1}], ids=["strings", "ragged", "mapping"]
 )
@@ -324,11 +319,6 @@ def test_non_numeric_isotonic_knots_are_configuration_errors(knots_x: Any) -> No
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in core/calibration.py: load_calibrator lets UnicodeDecodeError escape for a "
-    "file that is not UTF-8",
-)
 def test_a_binary_calibrator_file_is_a_configuration_error(tmp_path: Path) -> None:
     calibration = calibrator_module()
     path = tmp_path / "calibrator.json"
