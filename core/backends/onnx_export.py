@@ -32,13 +32,13 @@ from crossrank.errors import ModelLoadError, missing_dependency
 logger = logging.getLogger(__name__)
 
 #: Bump when the export recipe changes, so old artifacts are not reused.
-EXPORT_FORMAT_VERSION = 1
+EXPORT_FORMAT_VERSION = 2
 DEFAULT_OPSET = 17
 _MODEL_FILE = "model.onnx"
 _MANIFEST_FILE = "manifest.json"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
-#: Counts real exports/quantizations per artifact key in this process (tests read it).
+#: Counts real exports/quantizations per artifact directory in this process (tests read it).
 build_counts: dict[str, int] = {}
 _count_guard = threading.Lock()
 
@@ -205,7 +205,7 @@ def ensure_artifact(
             shutil.rmtree(staging, ignore_errors=True)
             raise
         with _count_guard:
-            build_counts[key] = build_counts.get(key, 0) + 1
+            build_counts[str(directory)] = build_counts.get(str(directory), 0) + 1
         return OnnxArtifact(path=directory / _MODEL_FILE, sha256=sha, key=key)
 
 
@@ -335,6 +335,8 @@ def _quantize(source: Path, target: Path, *, quantization: str | None) -> None:
         str(target),
         weight_type=QuantType.QInt8,
         per_channel=True,
+        # mixed: linear layers only, so the fused attention (QKV, softmax) stays fp32
+        op_types_to_quantize=["MatMul"] if quantization == "dynamic-mixed" else None,
         nodes_to_exclude=excluded,
         extra_options={"DefaultTensorType": 1},  # fused ops hide types from shape inference
     )

@@ -32,8 +32,10 @@ class Variant:
 
     ``quantization`` is ``None`` for float variants; ``"dynamic"`` quantizes every linear
     layer's weights per channel and its activations per batch at run time; ``"dynamic-mixed"``
-    does the same but keeps each feed-forward block's down-projection in fp32, the layer whose
-    input (after GELU) has the outliers that make per-tensor activation scales coarse.
+    quantizes only the plain linear layers and keeps in fp32 the fused attention (QKV
+    projection and softmax) and each feed-forward block's down-projection, whose input (after
+    GELU) has the outliers that make per-tensor activation scales coarse. On the trained
+    MiniLM cross-encoder this lifted Kendall tau against fp32 from about 0.89 to about 0.94.
     """
 
     runtime: str

@@ -1,0 +1,285 @@
+"""crossrank's local cross-encoder in every variant against plain ``CrossEncoder.predict``.
+
+One process, one model, 100 English passages of 40-300 tokens against one query. Every
+variant and the baseline (``CrossEncoder.predict`` at its defaults, batch 32) are timed
+interleaved (A B C ... A B C ...) so machine load drifts hit them alike; medians decide.
+Printed per variant: pairs/s, p50/p95 latency of the 100-pair call, speed-up over predict,
+achieved GFLOP/s (unpadded matmul FLOPs) against a measured fp32 matmul peak, RSS after
+loading, and ranking agreement with fp32 (Kendall tau, top-10 overlap). Then nDCG@10 of
+each variant on the shared collections (BM25 top-30 reranked, subsampled queries), with
+its difference from fp32.
+
+Floors checked at the end:
+- issue 2: crossrank fp32 (the default) is not slower than plain predict (ratio >= 1.0);
+- issue 7: the fastest variant that passes the fidelity gate is >= 3x predict, and every
+  passing variant's nDCG@10 is within 0.005 of fp32 on every shared collection.
+
+Run::
+
+    python benchmarks/local_backend.py                        # full run (minutes)
+    python benchmarks/local_backend.py --repeats 5 --ndcg-queries 0   # speed only
+    python benchmarks/local_backend.py --variants torch-fp32 onnx-int8
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _local_workload as workload
+
+from crossrank.backends.cross_encoder import CrossEncoderBackend
+from crossrank.backends.fidelity import FidelityGate, kendall_tau, top_k_overlap
+from crossrank.registry import ModelRegistry
+
+VARIANTS = {
+    "torch-fp32": {"precision": "fp32", "runtime": "torch"},
+    "torch-bf16": {"precision": "bf16", "runtime": "torch"},
+    "onnx-fp32": {"precision": "fp32", "runtime": "onnx"},
+    "onnx-int8": {"precision": "int8", "runtime": "onnx"},
+    "onnx-int8-mixed": {"precision": "int8-mixed", "runtime": "onnx"},
+    "auto": {"precision": "auto"},
+}
+NDCG_DEPTH = 10
+FIRST_STAGE_DEPTH = 30
+NDCG_TOLERANCE = 0.005
+
+
+@dataclass
+class Row:
+    name: str
+    pairs_per_s: float
+    p50_ms: float
+    p95_ms: float
+    ratio: float
+    gflops: float
+    rss_mb: float
+    tau: float
+    overlap: float
+    note: str = ""
+
+
+def build_backends(
+    path: str, names: list[str], *, cache_dir: str, token_budget: int | None, threads: int | None
+) -> tuple[dict[str, CrossEncoderBackend], dict[str, float]]:
+    registry = ModelRegistry()
+    backends: dict[str, CrossEncoderBackend] = {}
+    rss: dict[str, float] = {}
+    for name in names:
+        workload.seed_head()
+        backend = CrossEncoderBackend(
+            path,
+            device="cpu",
+            cache_dir=cache_dir,
+            token_budget=token_budget,
+            num_threads=threads,
+            local_files_only=True,
+            registry=registry,
+            **VARIANTS[name],
+        )
+        try:
+            backend.load()
+        except Exception as exc:
+            print(f"  skip {name}: {type(exc).__name__}: {exc}")
+            continue
+        backends[name] = backend
+        rss[name] = workload.current_rss_mb()
+    return backends, rss
+
+
+def ndcg_at_k(ranked: list[str], qrels: dict[str, int], k: int = NDCG_DEPTH) -> float:
+    dcg = sum(
+        (2 ** qrels.get(doc, 0) - 1) / math.log2(rank + 2) for rank, doc in enumerate(ranked[:k])
+    )
+    ideal = sorted(qrels.values(), reverse=True)[:k]
+    idcg = sum((2**rel - 1) / math.log2(rank + 2) for rank, rel in enumerate(ideal))
+    return dcg / idcg if idcg > 0 else 0.0
+
+
+def ndcg_table(
+    backends: dict[str, CrossEncoderBackend], *, queries_per_collection: int, seed: int
+) -> dict[str, dict[str, float]]:
+    """collection -> variant -> mean nDCG@10 over the sampled queries (BM25 top-30 reranked)."""
+    from crossrank.eval.beir import load_beir
+    from crossrank.eval.bm25 import BM25Index
+
+    if not workload.SHARED_DATA.is_dir():
+        print(f"  no shared collections at {workload.SHARED_DATA}; nDCG skipped")
+        return {}
+    table: dict[str, dict[str, float]] = {}
+    for directory in sorted(p for p in workload.SHARED_DATA.iterdir() if p.is_dir()):
+        collection = load_beir(directory)
+        doc_ids = list(collection.corpus)
+        index = BM25Index([collection.corpus[d].full_text for d in doc_ids])
+        judged = collection.judged_query_ids
+        sample = random.Random(seed).sample(judged, min(queries_per_collection, len(judged)))
+        sums = {name: 0.0 for name in backends}
+        sums["bm25"] = 0.0
+        for query_id in sample:
+            query = collection.queries[query_id]
+            hits = index.search(query, k=FIRST_STAGE_DEPTH)
+            candidates = [doc_ids[hit.index] for hit in hits]
+            texts = [collection.corpus[d].full_text for d in candidates]
+            qrels = dict(collection.qrels[query_id])
+            sums["bm25"] += ndcg_at_k(candidates, qrels)
+            for name, backend in backends.items():
+                scores = backend.score(query, texts) if texts else []
+                order = sorted(range(len(texts)), key=lambda i: -scores[i])
+                sums[name] += ndcg_at_k([candidates[i] for i in order], qrels)
+        table[collection.name] = {name: total / len(sample) for name, total in sums.items()}
+        row = "  ".join(f"{n}={v:.4f}" for n, v in table[collection.name].items())
+        print(f"  {collection.name:16s} ({len(sample)} queries)  {row}", flush=True)
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--repeats", type=int, default=7, help="timed rounds per variant")
+    parser.add_argument("--passages", type=int, default=100)
+    parser.add_argument("--token-budget", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--ndcg-queries", type=int, default=8, help="per collection; 0 skips")
+    parser.add_argument("--cache-dir", default=None, help="ONNX cache (default: a temp dir)")
+    parser.add_argument("--seed", type=int, default=13)
+    args = parser.parse_args(argv)
+
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    path, description = workload.model_path()
+    cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="crossrank-bench-onnx-")
+    print(f"model: {description} at {path}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {workload.load_line()}")
+
+    workload.seed_head()
+    plain = CrossEncoder(path, device="cpu", local_files_only=True)
+    rss_plain = workload.current_rss_mb()
+    texts, source = workload.passages(plain.tokenizer, count=args.passages)
+    query = workload.QUERY
+    lengths = workload.token_lengths(plain.tokenizer, query, texts)
+    print(
+        f"workload: {len(texts)} passages from {source}; pair tokens min {min(lengths)} "
+        f"mean {sum(lengths) / len(lengths):.0f} max {max(lengths)}"
+    )
+    pairs = [(query, text) for text in texts]
+    flops = workload.bert_flops(lengths, plain.model.config)
+
+    print("building variants (ONNX export/quantization on first use) ...", flush=True)
+    backends, rss = build_backends(
+        path,
+        args.variants,
+        cache_dir=cache_dir,
+        token_budget=args.token_budget,
+        threads=args.threads,
+    )
+    auto = backends.get("auto")
+    if auto is not None and auto.selection is not None:
+        print("precision='auto' " + auto.selection.describe().replace("\n", "\n    "))
+    peak_fp32 = workload.matmul_peak_gflops("float32")
+    peak_bf16 = workload.matmul_peak_gflops("bfloat16")
+    print(f"measured matmul peak: fp32 {peak_fp32:.0f} GFLOP/s, bf16 {peak_bf16:.0f} GFLOP/s")
+
+    reference = backends["torch-fp32"].score(query, texts) if "torch-fp32" in backends else None
+    if reference is None:
+        reference = plain.predict(pairs, activation_fn=torch.nn.Identity()).tolist()
+    runners: dict[str, Any] = {"predict": lambda: plain.predict(pairs, batch_size=32)}
+    for name, backend in backends.items():
+        runners[name] = lambda backend=backend: backend.score(query, texts)
+    print(f"timing {len(runners)} runners x {args.repeats} interleaved rounds ...", flush=True)
+    load_before = workload.load_line()
+    timings = workload.interleaved_timings(runners, repeats=args.repeats)
+    load_after = workload.load_line()
+
+    base = workload.median(timings["predict"])
+    gate = FidelityGate()
+    rows = []
+    for name, seconds in timings.items():
+        med = workload.median(seconds)
+        if name == "predict":
+            scores = plain.predict(pairs, activation_fn=torch.nn.Identity()).tolist()
+            memory, note = rss_plain, ""
+        else:
+            scores = backends[name].score(query, texts)
+            memory = rss[name]
+            note = f"= {backends[name].variant.label}" if name == "auto" else ""
+        agreement = gate.measure(name, [reference], [scores])
+        rows.append(
+            Row(
+                name=name,
+                pairs_per_s=len(texts) / med,
+                p50_ms=1000 * med,
+                p95_ms=1000 * workload.percentile(seconds, 0.95),
+                ratio=base / med,
+                gflops=flops / med / 1e9,
+                rss_mb=memory,
+                tau=kendall_tau(reference, scores),
+                overlap=top_k_overlap(reference, scores),
+                note=note + (" (gate: pass)" if agreement.passed else " (gate: FAIL)"),
+            )
+        )
+
+    print(f"\n{len(texts)} pairs per call; load before {load_before}; after {load_after}")
+    header = (
+        f"{'variant':16s} {'pairs/s':>8s} {'p50 ms':>8s} {'p95 ms':>8s} {'x predict':>9s} "
+        f"{'GFLOP/s':>8s} {'%fp32pk':>7s} {'RSS MB':>7s} {'tau':>6s} {'top10':>5s}  note"
+    )
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        print(
+            f"{row.name:16s} {row.pairs_per_s:8.1f} {row.p50_ms:8.0f} {row.p95_ms:8.0f} "
+            f"{row.ratio:9.2f} {row.gflops:8.1f} {100 * row.gflops / peak_fp32:6.0f}% "
+            f"{row.rss_mb:7.0f} {row.tau:6.3f} {row.overlap:5.2f}  {row.note}"
+        )
+    print(f"peak RSS of the process: {workload.peak_rss_mb():.0f} MB")
+
+    table: dict[str, dict[str, float]] = {}
+    if args.ndcg_queries > 0:
+        print(
+            f"\nnDCG@10, BM25 top-{FIRST_STAGE_DEPTH} reranked, {args.ndcg_queries} sampled "
+            "queries per collection:",
+            flush=True,
+        )
+        table = ndcg_table(backends, queries_per_collection=args.ndcg_queries, seed=args.seed)
+        if table and "torch-fp32" in backends:
+            print("\nnDCG@10 difference from torch-fp32 (worst collection):")
+            for name in backends:
+                worst = max(abs(t[name] - t["torch-fp32"]) for t in table.values())
+                print(f"  {name:16s} max |delta| {worst:.4f}")
+
+    print("\nfloors:")
+    by_name = {row.name: row for row in rows}
+    if "torch-fp32" in by_name:
+        ratio = by_name["torch-fp32"].ratio
+        verdict = "PASS" if ratio >= 1.0 else "FAIL"
+        print(f"  issue 2: crossrank fp32 / predict = {ratio:.2f} (>= 1.0): {verdict}")
+    passing = [row for row in rows if row.name not in ("predict", "auto") and "pass" in row.note]
+    if table:
+        passing = [
+            row
+            for row in passing
+            if all(abs(t[row.name] - t["torch-fp32"]) <= NDCG_TOLERANCE for t in table.values())
+        ]
+    if passing:
+        best = max(passing, key=lambda row: row.ratio)
+        verdict = "PASS" if best.ratio >= 3.0 else "FAIL"
+        print(
+            f"  issue 7: fastest faithful variant {best.name} = {best.ratio:.2f}x predict "
+            f"(>= 3.0, fidelity gate{' and nDCG' if table else ''}): {verdict}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
