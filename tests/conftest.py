@@ -13,6 +13,17 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+try:
+    from hypothesis import settings as _hypothesis_settings
+except ImportError:  # hypothesis is a dev dependency; plain runs do without it
+    pass
+else:
+    # The same examples on every run: CI is reproducible, and HYPOTHESIS_PROFILE=explore
+    # opts into fresh random examples when hunting for new bugs.
+    _hypothesis_settings.register_profile("deterministic", derandomize=True, print_blob=True)
+    _hypothesis_settings.register_profile("explore", derandomize=False, print_blob=True)
+    _hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread() -> None:
