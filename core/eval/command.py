@@ -17,6 +17,7 @@ import numpy as np
 
 from crossrank.backends.base import Backend
 from crossrank.eval.beir import BeirCollection, load_beir
+from crossrank.eval.bm25 import BM25_PRESETS
 from crossrank.eval.first_stage import FIRST_STAGES, FirstStage
 from crossrank.eval.runner import Evaluation, RunSpec
 
@@ -25,6 +26,12 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="a BEIR-layout folder")
     parser.add_argument("--split", default="test", help="qrels split (qrels/<split>.tsv)")
     parser.add_argument("--first-stage", choices=FIRST_STAGES, default="bm25")
+    parser.add_argument(
+        "--bm25-preset",
+        choices=BM25_PRESETS,
+        default="default",
+        help="'reference' reproduces the shared collections' README BM25 table (weaker)",
+    )
     parser.add_argument("--depth", type=int, default=100, help="candidates reranked per query")
     parser.add_argument("--backend", help="reranker backend name (e.g. cross-encoder, embedding)")
     parser.add_argument("--model", help="model id or path for the backend")
@@ -68,7 +75,11 @@ def load_first_stage(args: argparse.Namespace) -> tuple[BeirCollection, FirstSta
     if not collection.judged_query_ids:
         raise SystemExit(f"{args.data}: no judged queries in qrels/{args.split}.tsv")
     return collection, FirstStage(
-        collection, args.first_stage, cache_dir=args.cache_dir, show_progress=not args.quiet
+        collection,
+        args.first_stage,
+        cache_dir=args.cache_dir,
+        show_progress=not args.quiet,
+        bm25_preset=getattr(args, "bm25_preset", "default"),
     )
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from crossrank.errors import InvalidInputError
 from crossrank.eval.beir import BeirCollection
-from crossrank.eval.bm25 import ScoredHit
+from crossrank.eval.bm25 import BM25Preset, ScoredHit
 from crossrank.fusion import reciprocal_rank_fusion
 from crossrank.types import Candidate
 
@@ -28,6 +28,7 @@ class FirstStage:
         *,
         cache_dir: str | Path | None = None,
         show_progress: bool = False,
+        bm25_preset: BM25Preset = "default",
     ) -> None:
         if method not in FIRST_STAGES:
             raise InvalidInputError(
@@ -40,7 +41,7 @@ class FirstStage:
         if method in ("bm25", "hybrid"):
             from crossrank.eval.bm25 import BM25Index
 
-            bm25 = BM25Index(self.texts)
+            bm25 = BM25Index(self.texts, preset=bm25_preset)
             self._searchers["bm25"] = lambda query, k: bm25.search(query, k=k)
         if method in ("dense", "hybrid"):
             from crossrank.eval.dense import DenseIndex
