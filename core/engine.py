@@ -31,7 +31,7 @@ from crossrank.normalize import (
     Softmax,
     resolve_normalizer,
 )
-from crossrank.selective import AlwaysRerank, SelectivePolicy
+from crossrank.selective import AlwaysRerank, SelectivePolicy, parse_policy
 from crossrank.types import (
     Candidate,
     DuplicateCandidate,
@@ -126,7 +126,7 @@ class Reranker:
         normalization: str | Normalizer = "softmax",
         temperature: float = 1.0,
         threshold: float | None = None,
-        selective: SelectivePolicy | None = None,
+        selective: SelectivePolicy | str | None = None,
         blend: Blend | str | None = None,
         windowing: bool = True,
         window_stride: int = 32,
@@ -155,8 +155,13 @@ class Reranker:
         self.normalizer = resolve_normalizer(normalization, temperature=temperature)
         self.top_n = check_top_n(top_n)
         self.threshold = check_threshold(threshold, self.normalizer.bounds, self.normalizer.name)
+        if isinstance(selective, str):
+            selective = parse_policy(selective)
         if selective is not None and not isinstance(selective, SelectivePolicy):
-            raise ConfigurationError(f"selective must be a SelectivePolicy, got {selective!r}")
+            raise ConfigurationError(
+                f"selective must be a policy spec (e.g. 'margin:0.3') or a SelectivePolicy, "
+                f"got {selective!r}"
+            )
         self.selective: SelectivePolicy = selective or AlwaysRerank()
         self.blend = parse_blend(blend)
         if (
@@ -230,13 +235,6 @@ class Reranker:
         backend_options = dict(_mapping_option(options.pop("backend_options", None)))
         backend_options.update(_mapping_option(overrides.pop("backend_options", None)))
         options.update(overrides)
-        selective = options.pop("selective", None)
-        if isinstance(selective, str):
-            from crossrank.selective import parse_policy
-
-            options["selective"] = parse_policy(selective)
-        elif selective is not None:
-            options["selective"] = selective
         return cls(
             options.pop("backend", "cross-encoder"), backend_options=backend_options, **options
         )

@@ -356,6 +356,27 @@ class CrossrankRanker:
         )
 
     @classmethod
+    def from_reranker_config(
+        cls, config: Mapping[str, Any], *, api_key: Secret | None = None
+    ) -> "CrossrankRanker":
+        """A ranker configured like ``Reranker.from_config(config)`` (e.g. the file written by
+        ``crossrank tune-selective``), serializable in Haystack's own format from then on."""
+        options = dict(Reranker.from_config(config).to_config())  # validates the config
+        backend_options = dict(options.pop("backend_options") or {})
+        model = backend_options.pop("model", None)
+        top_n = options.pop("top_n")
+        threshold = options.pop("threshold")
+        return cls(
+            backend=options.pop("backend"),
+            model=model,
+            backend_options=backend_options,
+            api_key=api_key,
+            top_k=top_n,
+            score_threshold=threshold,
+            **options,
+        )
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "CrossrankRanker":
         """Rebuild from :meth:`to_dict` output (the Secret reference is turned back into one)."""
         init_parameters = data.get("init_parameters", {})
