@@ -48,9 +48,12 @@ from crossrank.registry import ModelRegistry, default_registry
 
 DEFAULT_CROSS_ENCODER = "cross-encoder/ms-marco-MiniLM-L-6-v2"
 
-#: Padded tokens per forward pass. Chosen with ``benchmarks/local_backend.py``: on a 2-core
-#: AVX-512 CPU throughput is flat from ~2k to ~8k tokens and falls off outside; 4096 keeps
-#: activations small (a few MB for MiniLM) while amortizing per-call overhead.
+#: Padded tokens per forward pass, per variant, when ``token_budget`` is not given. From
+#: ``benchmarks/local_backend.py`` on a 2-core AVX-512 CPU (noisy, shared machine): fp32 torch
+#: ran best with big batches (so its budget only binds past 32 pairs of 512 tokens, i.e. it
+#: batches like ``predict``'s 32, minus padding); bf16 and ONNX Runtime ran best with smaller
+#: ones (~4k tokens: activations stay in cache, fewer wasted padded tokens).
+DEFAULT_TOKEN_BUDGETS = {"torch-fp32": 16384, "torch-fp16": 16384}
 DEFAULT_TOKEN_BUDGET = 4096
 
 # [CLS] query [SEP] text [SEP]: three special tokens around a pair for BERT-style models.
@@ -191,7 +194,8 @@ class CrossEncoderBackend(BaseBackend):
 
         ``precision``/``runtime`` pick the variant (``dtype=`` is the older spelling of a
         torch precision and still works). ``batch_size`` caps pairs per forward pass and
-        ``token_budget`` caps padded tokens per pass (default :data:`DEFAULT_TOKEN_BUDGET`);
+        ``token_budget`` caps padded tokens per pass (default per variant:
+        :data:`DEFAULT_TOKEN_BUDGETS`, else :data:`DEFAULT_TOKEN_BUDGET`);
         ``num_threads`` sets ONNX Runtime's intra-op threads, or torch's process-wide thread
         count for torch variants. ``cache_dir`` roots the ONNX export cache. ``calibration``
         is the (query, texts) sample ``precision="auto"`` checks rankings on (default: the
@@ -569,7 +573,10 @@ class CrossEncoderBackend(BaseBackend):
         With descending lengths the first pair of a batch is its longest, so the batch's
         padded size is ``count * lengths[first]``; the budget bounds exactly that.
         """
-        budget = self.token_budget if self.token_budget is not None else DEFAULT_TOKEN_BUDGET
+        budget = self.token_budget
+        if budget is None:
+            label = self._variant.label if self._variant is not None else "torch-fp32"
+            budget = DEFAULT_TOKEN_BUDGETS.get(label, DEFAULT_TOKEN_BUDGET)
         batches: list[np.ndarray] = []
         start = 0
         total = len(order)
