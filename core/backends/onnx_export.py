@@ -146,7 +146,13 @@ def ensure_artifact(
     """Return the cached artifact for the recipe, building (once, under a lock) if needed."""
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     root = root / "onnx"
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelLoadError(
+            f"ONNX cache folder {str(root)!r} is unusable ({type(exc).__name__}: {exc}); "
+            "pass cache_dir= or set CROSSRANK_CACHE_DIR to a writable folder"
+        ) from exc
     key = artifact_key(
         model, revision=revision, opset=opset, quantization=quantization, max_length=max_length
     )

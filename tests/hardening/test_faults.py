@@ -296,11 +296,6 @@ def test_an_unwritable_onnx_cache_falls_back_and_the_next_call_works(
     assert recovered.ids == healthy_ids(tiny_cross_encoder_path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core/backends/onnx_export.py: an unusable cache_dir surfaces from load() as a raw "
-    "OSError (NotADirectoryError/PermissionError), not a ModelLoadError naming the cache dir",
-)
 def test_an_unwritable_onnx_cache_is_a_crossrank_error_in_strict_mode(
     tmp_path: Path, tiny_cross_encoder_path: Path
 ) -> None:
