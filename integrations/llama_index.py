@@ -32,7 +32,8 @@ Requires ``llama-index-core`` (``pip install 'crossrank[llama-index]'``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from crossrank import Candidate, InvalidInputError, Reranker, RerankResult
@@ -137,18 +138,11 @@ class CrossrankPostprocessor(BaseNodePostprocessor):
         query = _query_of(query_bundle)
         if not nodes:
             return []
-        candidates = _candidates(nodes)
-        self._start_event(nodes, query_bundle)
-        with self.callback_manager.event(
-            CBEventType.RERANKING, payload=self._callback_payload(nodes, query)
-        ) as event:
+        with self._reranking_events(nodes, query_bundle, query) as finish:
             result = self._reranker.rerank(
-                query, candidates, top_n=self.top_n, threshold=self.threshold
+                query, _candidates(nodes), top_n=self.top_n, threshold=self.threshold
             )
-            reranked = self._nodes(nodes, result)
-            event.on_end(payload={EventPayload.NODES: reranked})
-        dispatcher.event(ReRankEndEvent(nodes=reranked))
-        return reranked
+            return finish(result)
 
     async def _apostprocess_nodes(
         self,
@@ -158,20 +152,34 @@ class CrossrankPostprocessor(BaseNodePostprocessor):
         query = _query_of(query_bundle)
         if not nodes:
             return []
-        candidates = _candidates(nodes)
+        with self._reranking_events(nodes, query_bundle, query) as finish:
+            result = await self._reranker.arerank(
+                query, _candidates(nodes), top_n=self.top_n, threshold=self.threshold
+            )
+            return finish(result)
+
+    # -- events -----------------------------------------------------------------------------
+
+    @contextmanager
+    def _reranking_events(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None, query: str
+    ) -> Iterator[Callable[[RerankResult], list[NodeWithScore]]]:
+        """LlamaIndex's rerank events around one call, shared by the sync and async paths.
+
+        Yields ``finish(result)``, which converts the result and closes both events.
+        """
         self._start_event(nodes, query_bundle)
         with self.callback_manager.event(
             CBEventType.RERANKING, payload=self._callback_payload(nodes, query)
         ) as event:
-            result = await self._reranker.arerank(
-                query, candidates, top_n=self.top_n, threshold=self.threshold
-            )
-            reranked = self._nodes(nodes, result)
-            event.on_end(payload={EventPayload.NODES: reranked})
-        dispatcher.event(ReRankEndEvent(nodes=reranked))
-        return reranked
 
-    # -- events -----------------------------------------------------------------------------
+            def finish(result: RerankResult) -> list[NodeWithScore]:
+                reranked = self._nodes(nodes, result)
+                event.on_end(payload={EventPayload.NODES: reranked})
+                dispatcher.event(ReRankEndEvent(nodes=reranked))
+                return reranked
+
+            yield finish
 
     def _start_event(self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None) -> None:
         dispatcher.event(
