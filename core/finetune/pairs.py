@@ -210,28 +210,14 @@ def build_pairs(
         chosen = _rng(seed, "negatives", collection.name, query_id).sample(pool, wanted)
         if not chosen:
             stats.queries_without_negatives += 1
-        for doc_id, _grade in positives:
-            pairs.append(
-                TrainingPair(
-                    collection.name,
-                    query_id,
-                    doc_id,
-                    query,
-                    collection.corpus[doc_id].full_text,
-                    1.0,
-                )
+        labelled = [(doc_id, 1.0) for doc_id, _grade in positives]
+        labelled += [(doc_id, 0.0) for doc_id in chosen]
+        pairs.extend(
+            TrainingPair(
+                collection.name, query_id, doc_id, query, collection.corpus[doc_id].full_text, label
             )
-        for doc_id in chosen:
-            pairs.append(
-                TrainingPair(
-                    collection.name,
-                    query_id,
-                    doc_id,
-                    query,
-                    collection.corpus[doc_id].full_text,
-                    0.0,
-                )
-            )
+            for doc_id, label in labelled
+        )
         stats.queries += 1
         stats.positives += len(positives)
         stats.negatives += len(chosen)
