@@ -43,7 +43,7 @@ DATA_ROOT = (REPO_ROOT / ".." / "shared" / "data").resolve()
 REFERENCE_MODEL_DIR = Path(
     os.environ.get("CROSSRANK_REFERENCE_RERANKER", REPO_ROOT / ".cache" / "reference-reranker")
 )
-TRAIN_COLLECTIONS = ("cystic_fibrosis", "cisi", "medline")
+TRAIN_COLLECTIONS = ("cranfield", "cystic_fibrosis", "cisi", "medline")
 ZERO_SHOT_COLLECTIONS = ("adi", "cacm", "lisa")
 #: A cross-encoder already trained on SciFact (from the same MiniLM weights); see main().
 SCIFACT_BASE = (REPO_ROOT / ".." / "shared" / "models" / "minilm-ce-scifact").resolve()
@@ -65,15 +65,25 @@ def parse_args() -> argparse.Namespace:
         default=str(SCIFACT_BASE) if (SCIFACT_BASE / "config.json").is_file() else EMBEDDED,
         help="base model (default: ../shared/models/minilm-ce-scifact when present)",
     )
-    parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--max-positives-per-query", type=int, default=3)
-    parser.add_argument("--negatives-per-positive", type=int, default=2)
+    parser.add_argument(
+        "--train", nargs="+", default=list(TRAIN_COLLECTIONS), help="collections to train on"
+    )
+    parser.add_argument(
+        "--zero-shot",
+        nargs="+",
+        default=list(ZERO_SHOT_COLLECTIONS),
+        help="collections never seen in training, evaluated zero-shot",
+    )
+    parser.add_argument("--max-length", type=int, default=192)
+    parser.add_argument("--max-positives-per-query", type=int, default=16)
+    parser.add_argument("--negatives-per-positive", type=int, default=3)
+    parser.add_argument("--negative-depth", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--learning-rate", type=float, default=2e-5)
+    parser.add_argument("--learning-rate", type=float, default=3e-5)
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--loss", default="bce")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--zero-shot-queries", type=int, default=15)
+    parser.add_argument("--zero-shot-queries", type=int, default=100)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument(
         "--eval-only", action="store_true", help="reuse the saved model; only run zero-shot"
@@ -81,7 +91,9 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def zero_shot(model_dir: Path, data_root: Path, *, max_queries: int, seed: int) -> list[dict]:
+def zero_shot(
+    model_dir: Path, data_root: Path, names: list[str], *, max_queries: int, seed: int
+) -> list[dict]:
     from crossrank.eval.beir import load_beir
     from crossrank.finetune.evaluate import (
         bm25_run,
@@ -94,7 +106,7 @@ def zero_shot(model_dir: Path, data_root: Path, *, max_queries: int, seed: int) 
 
     scorer = model_scorer(str(model_dir))
     rows = []
-    for name in ZERO_SHOT_COLLECTIONS:
+    for name in names:
         started = time.perf_counter()
         collection = load_beir(data_root / name)
         query_ids = list(collection.judged_query_ids)
@@ -163,10 +175,12 @@ def table(title: str, rows: list[dict]) -> str:
 def main() -> int:
     args = parse_args()
     missing = [
-        name
-        for name in (*TRAIN_COLLECTIONS, *ZERO_SHOT_COLLECTIONS)
-        if not (args.data_root / name).is_dir()
+        name for name in (*args.train, *args.zero_shot) if not (args.data_root / name).is_dir()
     ]
+    overlap = sorted(set(args.train) & set(args.zero_shot))
+    if overlap:
+        print(f"a collection cannot be both trained on and zero-shot: {overlap}")
+        return 2
     if missing:
         print(f"needs the shared collections under {args.data_root}; missing: {missing}")
         return 2
@@ -192,14 +206,14 @@ def main() -> int:
         )
         data = DataConfig(
             heldout_fraction=0.2,
-            negative_depth=50,
+            negative_depth=args.negative_depth,
             negatives_per_positive=args.negatives_per_positive,
             max_positives_per_query=args.max_positives_per_query,
             rerank_depth=100,
         )
         started = time.perf_counter()
         report = finetune(
-            [args.data_root / name for name in TRAIN_COLLECTIONS],
+            [args.data_root / name for name in args.train],
             out,
             training=training,
             data=data,
@@ -211,8 +225,8 @@ def main() -> int:
             json.dumps(
                 {
                     "base": args.base,
-                    "train_collections": TRAIN_COLLECTIONS,
-                    "zero_shot_collections": ZERO_SHOT_COLLECTIONS,
+                    "train_collections": args.train,
+                    "zero_shot_collections": args.zero_shot,
                     "heldout": [
                         {
                             "collection": scores.collection,
@@ -237,7 +251,9 @@ def main() -> int:
         print(f"--eval-only needs a trained model at {out}")
         return 2
     started = time.perf_counter()
-    rows = zero_shot(out, args.data_root, max_queries=args.zero_shot_queries, seed=args.seed)
+    rows = zero_shot(
+        out, args.data_root, args.zero_shot, max_queries=args.zero_shot_queries, seed=args.seed
+    )
     payload = json.loads(results_path.read_text()) if results_path.is_file() else {}
     payload.setdefault("seconds", {})["zero_shot"] = time.perf_counter() - started
     results_path.write_text(json.dumps(payload, indent=2) + "\n")
