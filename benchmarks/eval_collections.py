@@ -1,8 +1,9 @@
 """Measured results on every collection in ../shared/data: first stages x second stages.
 
 For each collection, first stage (BM25, dense, hybrid RRF) and offline second stage (the
-embedding rescoring backend and the scifact cross-encoder) this script reranks the top
-``--depth`` candidates of every judged query and reports:
+embedding rescoring backend, the scifact cross-encoder and, once
+``benchmarks/reference_reranker.py`` has run, the fine-tuned reference cross-encoder) this
+script reranks the top ``--depth`` candidates of every judged query and reports:
 
 1. nDCG@10 of the first stage, reranked, and the best-on-tuning-half blend;
 2. the selective trade-off: a margin/entropy/agreement threshold picked on one half of the
@@ -11,6 +12,9 @@ embedding rescoring backend and the scifact cross-encoder) this script reranks t
 3. the configuration ``crossrank tune-selective --mode best`` chooses on one half, and its
    held-out nDCG@10 against BM25 (first stage = BM25);
 4. calibration on held-out queries: ECE/Brier of raw sigmoid vs Platt vs isotonic.
+
+The fine-tuned model is only ever scored on queries it did not train on: on its training
+collections that is its held-out split (recorded next to the model), elsewhere every query.
 
 Scores are cached per (query, text) on disk (``--cache-dir``) so the script can be stopped
 and resumed; reported latencies come from ``crossrank eval`` runs, not from here.
@@ -49,6 +53,9 @@ REFERENCE_BM25 = {
 }
 
 
+BACKENDS = ("embedding", "cross-encoder", "finetuned")
+
+
 def backends() -> dict[str, Any]:
     from crossrank.backends import create_backend
 
@@ -57,7 +64,27 @@ def backends() -> dict[str, Any]:
         found["cross-encoder"] = create_backend(
             "cross-encoder", model=str(CROSS_ENCODER), device="cpu"
         )
+    reference = reference_model()
+    if reference is not None:
+        found["finetuned"] = create_backend("cross-encoder", model=str(reference), device="cpu")
     return found
+
+
+def reference_model() -> Path | None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from reference_reranker import reference_model_path
+
+    return reference_model_path()
+
+
+def unseen_queries(backend_name: str, collection_name: str) -> list[str] | None:
+    """Queries the backend never trained on, or None for "every judged query"."""
+    reference = reference_model()
+    if backend_name != "finetuned" or reference is None:
+        return None
+    from crossrank.finetune.pipeline import read_heldout_query_ids
+
+    return read_heldout_query_ids(reference).get(collection_name)
 
 
 def load_cache(backend: Any, path: Path) -> None:
@@ -104,7 +131,7 @@ def main() -> int:
     parser.add_argument("--depth", type=int, default=30)
     parser.add_argument("--collections", nargs="*", default=list(COLLECTIONS))
     parser.add_argument("--first-stages", nargs="*", default=["bm25", "dense", "hybrid"])
-    parser.add_argument("--backends", nargs="*", default=["embedding", "cross-encoder"])
+    parser.add_argument("--backends", nargs="*", default=list(BACKENDS))
     parser.add_argument("--cache-dir", default=str(REPO / ".cache" / "eval"))
     parser.add_argument("--out", default=str(REPO / ".cache" / "eval" / "results.json"))
     args = parser.parse_args()
@@ -143,6 +170,7 @@ def main() -> int:
                     tuning_specs(),
                     depth=args.depth,
                     backend=backend,
+                    query_ids=unseen_queries(backend_name, name),
                     progress=True,
                 )
                 save_cache(backend, score_cache)
@@ -177,23 +205,35 @@ def main() -> int:
 
 def markdown(results: dict[str, Any], depth: int) -> str:
     lines = [f"nDCG@10 (rerank depth {depth}; first stage -> reranked; * = reranking hurts)", ""]
-    lines.append("| collection | first stage | first stage | + embedding | + cross-encoder |")
-    lines.append("|---|---|---|---|---|")
+    lines.append(
+        "| collection | first stage | first stage | "
+        + " | ".join(f"+ {name}" for name in BACKENDS)
+        + " |"
+    )
+    lines.append("|---|---|---|" + "---|" * len(BACKENDS))
     for name in COLLECTIONS:
         for method in ("bm25", "dense", "hybrid"):
             cells = []
             first = None
-            for backend_name in ("embedding", "cross-encoder"):
+            for backend_name in BACKENDS:
                 entry = results.get(f"{name}/{method}/{backend_name}/{depth}")
                 if entry is None:
                     cells.append("-")
                     continue
-                first = entry["metrics"]["first-stage"]["ndcg@10"]
+                own_first = entry["metrics"]["first-stage"]["ndcg@10"]
                 reranked = entry["metrics"]["reranked"]["ndcg@10"]
+                if unseen_queries(backend_name, name) is not None:
+                    # Scored on the held-out subset: show its own first stage alongside.
+                    cells.append(
+                        f"{reranked:.3f}{' *' if reranked < own_first else ''} "
+                        f"(held-out {entry['queries']} q, first {own_first:.3f})"
+                    )
+                    continue
+                first = own_first
                 cells.append(f"{reranked:.3f}{' *' if reranked < first else ''}")
             if first is None:
                 continue
-            lines.append(f"| {name} | {method} | {first:.3f} | {cells[0]} | {cells[1]} |")
+            lines.append(f"| {name} | {method} | {first:.3f} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Selective (threshold picked on half A, reported on held-out half B; vs always-rerank)",
