@@ -7,7 +7,8 @@ Printed per variant: pairs/s, p50/p95 latency of the 100-pair call, speed-up ove
 achieved GFLOP/s (unpadded matmul FLOPs) against a measured fp32 matmul peak, RSS after
 loading, and ranking agreement with fp32 (Kendall tau, top-10 overlap). Then nDCG@10 of
 each variant on the shared collections (BM25 top-30 reranked, subsampled queries), with
-its difference from fp32.
+its difference from fp32, scored with the reference cross-encoder that
+``benchmarks/reference_reranker.py`` trains (``--ndcg-model`` to pick another).
 
 Floors checked at the end:
 - issue 2: crossrank fp32 (the default) is not slower than plain predict (ratio >= 1.0);
@@ -95,6 +96,13 @@ def build_backends(
     return backends, rss
 
 
+def reference_model() -> str | None:
+    from reference_reranker import reference_model_path
+
+    found = reference_model_path()
+    return str(found) if found is not None else None
+
+
 def ndcg_at_k(ranked: list[str], qrels: dict[str, int], k: int = NDCG_DEPTH) -> float:
     dcg = sum(
         (2 ** qrels.get(doc, 0) - 1) / math.log2(rank + 2) for rank, doc in enumerate(ranked[:k])
@@ -147,7 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--passages", type=int, default=100)
     parser.add_argument("--token-budget", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--ndcg-queries", type=int, default=8, help="per collection; 0 skips")
+    parser.add_argument("--ndcg-queries", type=int, default=20, help="per collection; 0 skips")
+    parser.add_argument(
+        "--ndcg-model",
+        default=None,
+        help="model for the nDCG table (default: the reference reranker from "
+        "benchmarks/reference_reranker.py when trained here, else the timing model)",
+    )
     parser.add_argument("--cache-dir", default=None, help="ONNX cache (default: a temp dir)")
     parser.add_argument("--seed", type=int, default=13)
     args = parser.parse_args(argv)
@@ -251,7 +265,18 @@ def main(argv: list[str] | None = None) -> int:
             "queries per collection:",
             flush=True,
         )
-        table = ndcg_table(backends, queries_per_collection=args.ndcg_queries, seed=args.seed)
+        ndcg_backends = backends
+        ndcg_model = args.ndcg_model or reference_model()
+        if ndcg_model is not None and ndcg_model != path:
+            print(f"  model: {ndcg_model}")
+            ndcg_backends, _ = build_backends(
+                ndcg_model,
+                [name for name in args.variants if name != "auto"],
+                cache_dir=cache_dir,
+                token_budget=args.token_budget,
+                threads=args.threads,
+            )
+        table = ndcg_table(ndcg_backends, queries_per_collection=args.ndcg_queries, seed=args.seed)
         if table and "torch-fp32" in backends:
             print("\nnDCG@10 difference from torch-fp32 (worst collection):")
             for name in backends:

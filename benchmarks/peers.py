@@ -13,19 +13,30 @@ Peers, each skipped with a reason when not installed:
   ``HuggingFaceCrossEncoder``;
 - LlamaIndex: ``llama-index-postprocessor-sbert-rerank`` ``SentenceTransformerRerank``;
 - Haystack: ``sentence-transformers-haystack`` ``SentenceTransformersSimilarityRanker``,
-  torch backend and ONNX backend (the latter needs optimum, whose pinned transformers
-  breaks this venv, so it is usually skipped);
+  torch backend and ONNX backend. The ONNX backend needs ``optimum-onnx``, which pins
+  ``transformers<4.58`` and cannot live in crossrank's venv; with
+  ``--haystack-onnx-python PY`` it is timed in that second venv by
+  ``_haystack_onnx_peer.py`` and carried over through the torch backend, timed in both;
 - ``rerankers``: ``Reranker(path, model_type="cross-encoder")``.
 
 Run::
 
     python benchmarks/peers.py --repeats 5
+    python benchmarks/peers.py --haystack-onnx-python .cache/peer-venv/bin/python
+
+A venv for the Haystack ONNX peer (CPU torch first, as everywhere here)::
+
+    python3 -m venv .cache/peer-venv && .cache/peer-venv/bin/pip install torch==2.13.0 &&
+    .cache/peer-venv/bin/pip install "transformers<4.58" "sentence-transformers>=5.6,<6" \
+        "sentence-transformers-haystack==1.0.0" haystack-ai "optimum-onnx[onnxruntime]"
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import subprocess
 import sys
 import tempfile
 import warnings
@@ -97,11 +108,40 @@ def crossrank_runner(path: str, query: str, texts: list[str], **options: Any) ->
     return (lambda: reranker.rerank(query, texts)), backend.variant.label
 
 
+HAYSTACK_TORCH = "haystack ST ranker (torch)"
+HAYSTACK_ONNX = "haystack ST ranker (onnx)"
+
+
+def haystack_onnx_in_venv(
+    python: str, path: str, query: str, texts: list[str], *, repeats: int
+) -> dict[str, Any]:
+    """Run ``_haystack_onnx_peer.py`` under another venv's Python; its timings as JSON."""
+    script = Path(__file__).resolve().parent / "_haystack_onnx_peer.py"
+    request = {"model": path, "query": query, "texts": texts, "repeats": repeats}
+    completed = subprocess.run(
+        [python, str(script)],
+        input=json.dumps(request),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=1800,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(completed.stderr.strip().splitlines()[-1][:200])
+    result: dict[str, Any] = json.loads(completed.stdout)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--candidates", type=int, default=100)
     parser.add_argument("--cache-dir", default=None, help="ONNX cache (default: a temp dir)")
+    parser.add_argument(
+        "--haystack-onnx-python",
+        default=None,
+        help="Python of a venv with haystack-ai + optimum-onnx, for Haystack's ONNX backend",
+    )
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
@@ -121,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     peers: dict[str, Callable[[], Runner]] = {
         "langchain CrossEncoderReranker": lambda: langchain_peer(path, query, texts),
         "llama-index SentenceTransformerRerank": lambda: llama_index_peer(path, query, texts),
-        "haystack ST ranker (torch)": lambda: haystack_peer(path, query, texts, backend="torch"),
-        "haystack ST ranker (onnx)": lambda: haystack_peer(path, query, texts, backend="onnx"),
+        HAYSTACK_TORCH: lambda: haystack_peer(path, query, texts, backend="torch"),
+        HAYSTACK_ONNX: lambda: haystack_peer(path, query, texts, backend="onnx"),
         "rerankers (cross-encoder)": lambda: rerankers_peer(path, query, texts),
     }
     for name, build in peers.items():
@@ -141,6 +181,21 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"timing {len(runners)} rerankers x {args.repeats} interleaved rounds ...", flush=True)
     timings = workload.interleaved_timings(runners, repeats=args.repeats)
+    if args.haystack_onnx_python and HAYSTACK_ONNX not in timings and HAYSTACK_TORCH in timings:
+        try:
+            external = haystack_onnx_in_venv(
+                args.haystack_onnx_python, path, query, texts, repeats=args.repeats
+            )
+        except Exception as exc:
+            print(f"  skip {HAYSTACK_ONNX} in its venv: {type(exc).__name__}: {exc}")
+        else:
+            # Carry over through the anchor: ONNX/torch in that venv x torch here.
+            ratio = workload.median(external["onnx"]) / workload.median(external["torch"])
+            timings[f"{HAYSTACK_ONNX}, own venv"] = [t * ratio for t in timings[HAYSTACK_TORCH]]
+            print(
+                f"  {HAYSTACK_ONNX} timed in its venv ({external['versions']}): "
+                f"{ratio:.2f}x the time of its torch backend there"
+            )
     medians = {name: workload.median(seconds) for name, seconds in timings.items()}
     baseline_name = next(iter(medians))
     crossrank_names = [name for name in medians if name.startswith("crossrank")]
