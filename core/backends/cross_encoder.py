@@ -48,13 +48,13 @@ from crossrank.registry import ModelRegistry, default_registry
 
 DEFAULT_CROSS_ENCODER = "cross-encoder/ms-marco-MiniLM-L-6-v2"
 
-#: Padded tokens per forward pass, per variant, when ``token_budget`` is not given. From
-#: ``benchmarks/local_backend.py`` on a 2-core AVX-512 CPU (noisy, shared machine): fp32 torch
-#: ran best with big batches (so its budget only binds past 32 pairs of 512 tokens, i.e. it
-#: batches like ``predict``'s 32, minus padding); bf16 and ONNX Runtime ran best with smaller
-#: ones (~4k tokens: activations stay in cache, fewer wasted padded tokens).
-DEFAULT_TOKEN_BUDGETS = {"torch-fp32": 16384, "torch-fp16": 16384}
-DEFAULT_TOKEN_BUDGET = 4096
+#: Padded tokens per forward pass when ``token_budget`` is not given. Measured with
+#: ``benchmarks/local_backend.py`` on a quiet 2-core AVX-512 CPU (MiniLM-L6, 100 passages of
+#: 61-320 tokens), budget -> x ``predict``: fp32 16384 -> 1.15, 4096 -> 1.34, 1024 -> 1.61,
+#: 512 -> 1.54; bf16 4096 -> 2.34, 1024 -> 2.61; ONNX int8 4096 -> 2.90, 1024 -> 3.49. Small
+#: batches keep activations in cache on a CPU; a GPU wants big ones.
+DEFAULT_TOKEN_BUDGET = 1024
+GPU_TOKEN_BUDGET = 16384
 
 # [CLS] query [SEP] text [SEP]: three special tokens around a pair for BERT-style models.
 _PAIR_SPECIAL_TOKENS = 3
@@ -194,8 +194,8 @@ class CrossEncoderBackend(BaseBackend):
 
         ``precision``/``runtime`` pick the variant (``dtype=`` is the older spelling of a
         torch precision and still works). ``batch_size`` caps pairs per forward pass and
-        ``token_budget`` caps padded tokens per pass (default per variant:
-        :data:`DEFAULT_TOKEN_BUDGETS`, else :data:`DEFAULT_TOKEN_BUDGET`);
+        ``token_budget`` caps padded tokens per pass (default: :data:`DEFAULT_TOKEN_BUDGET`
+        on a CPU, :data:`GPU_TOKEN_BUDGET` on a GPU);
         ``num_threads`` sets ONNX Runtime's intra-op threads, or torch's process-wide thread
         count for torch variants. ``cache_dir`` roots the ONNX export cache. ``calibration``
         is the (query, texts) sample ``precision="auto"`` checks rankings on (default: the
@@ -263,6 +263,7 @@ class CrossEncoderBackend(BaseBackend):
         self._runner: Runner | None = None
         self._tokenizer: Any = None
         self._variant: Variant | None = None
+        self._resolved_device: str | None = None
         self._batcher: MicroBatcher | None = None
         self._load_lock = threading.Lock()
         #: What ``precision="auto"`` chose and why (``None`` for an explicit precision).
@@ -298,6 +299,7 @@ class CrossEncoderBackend(BaseBackend):
         with self._load_lock:
             if self._loaded is None:
                 device = resolve_device(self.device)
+                self._resolved_device = device
                 if self.precision == "auto":
                     variant = self._select_variant(device)
                 else:
@@ -575,8 +577,8 @@ class CrossEncoderBackend(BaseBackend):
         """
         budget = self.token_budget
         if budget is None:
-            label = self._variant.label if self._variant is not None else "torch-fp32"
-            budget = DEFAULT_TOKEN_BUDGETS.get(label, DEFAULT_TOKEN_BUDGET)
+            on_gpu = self._resolved_device is not None and self._resolved_device.startswith("cuda")
+            budget = GPU_TOKEN_BUDGET if on_gpu else DEFAULT_TOKEN_BUDGET
         batches: list[np.ndarray] = []
         start = 0
         total = len(order)
