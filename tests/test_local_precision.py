@@ -106,6 +106,23 @@ def test_token_budget_bounds_padded_tokens_per_batch(tiny_cross_encoder_path: Pa
         assert padded <= 60 or len(batch) == 1
 
 
+def test_default_budget_on_a_cpu_is_the_measured_one(tiny_cross_encoder_path: Path) -> None:
+    from crossrank.backends.cross_encoder import DEFAULT_TOKEN_BUDGET
+
+    backend = CrossEncoderBackend(
+        str(tiny_cross_encoder_path), device="cpu", batch_size=1024, registry=ModelRegistry()
+    )
+    backend.load()
+    texts = [" ".join(["word"] * 30)] * 200  # ~35 tokens each: the budget, not the count, binds
+    encoded = backend._encode([QUERY] * len(texts), texts)
+    order = np.argsort(-encoded.lengths, kind="stable")
+    batches = backend._batches(order, encoded.lengths)
+    longest = int(encoded.lengths.max())
+    assert len(batches) > 1
+    assert all(len(batch) * longest <= DEFAULT_TOKEN_BUDGET for batch in batches)
+    assert len(batches[0]) == DEFAULT_TOKEN_BUDGET // longest
+
+
 def test_pairs_from_different_queries_score_like_single_queries(
     tiny_cross_encoder_path: Path,
 ) -> None:
