@@ -206,3 +206,9 @@ def current_rss_mb() -> float:
 def load_line() -> str:
     one, five, fifteen = os.getloadavg()
     return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"
+
+
+def print_header(header: str) -> None:
+    """A results table's header line and the rule under it."""
+    print(header)
+    print("-" * len(header))

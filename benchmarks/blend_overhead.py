@@ -82,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{'configuration':16s} {'call p50 ms':>11s} {'vs no blend':>11s} "
         f"{'blend µs':>9s} {'share':>8s}"
     )
-    print(header)
-    print("-" * len(header))
+    workload.print_header(header)
     worst = 0.0
     for name, seconds in timings.items():
         median = workload.median(seconds)

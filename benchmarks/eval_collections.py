@@ -25,6 +25,7 @@ and resumed; reported latencies come from ``crossrank eval`` runs, not from here
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import pickle
@@ -34,6 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from reference_reranker import reference_model_path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -64,27 +69,28 @@ def backends() -> dict[str, Any]:
         found["cross-encoder"] = create_backend(
             "cross-encoder", model=str(CROSS_ENCODER), device="cpu"
         )
-    reference = reference_model()
+    reference = reference_model_path()
     if reference is not None:
         found["finetuned"] = create_backend("cross-encoder", model=str(reference), device="cpu")
     return found
 
 
-def reference_model() -> Path | None:
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from reference_reranker import reference_model_path
-
-    return reference_model_path()
-
-
 def unseen_queries(backend_name: str, collection_name: str) -> list[str] | None:
     """Queries the backend never trained on, or None for "every judged query"."""
-    reference = reference_model()
-    if backend_name != "finetuned" or reference is None:
+    if backend_name != "finetuned":
         return None
+    return _heldout_queries().get(collection_name)
+
+
+@functools.cache
+def _heldout_queries() -> dict[str, list[str]]:
+    """The reference model's held-out split, read once (the table calls this per cell)."""
+    reference = reference_model_path()
+    if reference is None:
+        return {}
     from crossrank.finetune.pipeline import read_heldout_query_ids
 
-    return read_heldout_query_ids(reference).get(collection_name)
+    return read_heldout_query_ids(reference)
 
 
 def load_cache(backend: Any, path: Path) -> None:

@@ -248,8 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{'variant':16s} {'pairs/s':>8s} {'p50 ms':>8s} {'p95 ms':>8s} {'x predict':>9s} "
         f"{'GFLOP/s':>8s} {'%fp32pk':>7s} {'RSS MB':>7s} {'tau':>6s} {'top10':>5s}  note"
     )
-    print(header)
-    print("-" * len(header))
+    workload.print_header(header)
     for row in rows:
         print(
             f"{row.name:16s} {row.pairs_per_s:8.1f} {row.p50_ms:8.0f} {row.p95_ms:8.0f} "

@@ -202,8 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(texts)} candidates per call; {workload.load_line()}")
     header = f"{'reranker':42s} {'p50 ms':>8s} {'p95 ms':>8s} {'docs/s':>7s}"
     header += "".join(f" {'x vs ' + name.split(' ')[1][:10]:>16s}" for name in crossrank_names)
-    print(header)
-    print("-" * len(header))
+    workload.print_header(header)
     for name, seconds in timings.items():
         med = medians[name]
         line = (
