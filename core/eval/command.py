@@ -42,7 +42,12 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
-    parser.add_argument("--top-k", type=int, default=10, help="cut-off of the printed metrics")
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        default=10,
+        help="passages handed on per query; adds nDCG/MRR/Recall at this cut-off to the report",
+    )
     parser.add_argument(
         "--selective",
         action="append",
@@ -229,10 +234,12 @@ COMPARE_COLUMNS = (
 
 def run(args: argparse.Namespace) -> int:
     from crossrank.blend import parse_blend
-    from crossrank.eval.report import TABLE_COLUMNS, format_table, plot, summary_document
+    from crossrank.eval.report import format_table, plot, summary_document, table_columns
     from crossrank.eval.runner import evaluate_runs
     from crossrank.selective import parse_policy
 
+    if args.top_k < 1:
+        raise SystemExit(f"--top-k must be >= 1, got {args.top_k}")
     collection, first_stage = load_first_stage(args)
     from crossrank.eval.runner import caching
 
@@ -252,12 +259,12 @@ def run(args: argparse.Namespace) -> int:
     evaluation = evaluate_runs(
         collection, first_stage, specs, depth=args.depth, backend=backend, progress=not args.quiet
     )
-    document = summary_document(evaluation)
+    document = summary_document(evaluation, top_k=args.top_k)
     print(
         f"{collection.name}: first stage {args.first_stage}, depth {args.depth}, "
         f"{len(evaluation.query_ids)} judged queries, backend {args.backend or '-'}"
     )
-    print(format_table(document["runs"], TABLE_COLUMNS))
+    print(format_table(document["runs"], table_columns(args.top_k)))
     if args.compare:
         rows = compare_rows(evaluation)
         document["compare"] = rows

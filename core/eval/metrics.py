@@ -12,13 +12,34 @@ import numpy as np
 
 from crossrank.errors import InvalidInputError, missing_dependency
 
-#: our metric name -> ranx metric name
+#: our metric name -> ranx metric name; the fixed set every report carries
 METRICS: dict[str, str] = {
     "ndcg@10": "ndcg_burges@10",
     "mrr@10": "mrr@10",
     "recall@10": "recall@10",
     "recall@100": "recall@100",
 }
+#: metric families that take any cut-off (``ndcg@5``, ``recall@20``...)
+_FAMILIES = {"ndcg": "ndcg_burges", "mrr": "mrr", "recall": "recall"}
+
+
+def ranx_name(metric: str) -> str:
+    """The ranx name of ``family@k`` for a family in :data:`_FAMILIES` and a positive k."""
+    family, _, cutoff = metric.partition("@")
+    if family not in _FAMILIES or not cutoff.isdigit() or int(cutoff) < 1:
+        raise InvalidInputError(
+            f"unknown metric {metric!r}; expected one of {sorted(_FAMILIES)} followed by "
+            "@ and a positive cut-off, e.g. 'ndcg@10'"
+        )
+    return f"{_FAMILIES[family]}@{int(cutoff)}"
+
+
+def cutoff_metrics(top_k: int) -> list[str]:
+    """nDCG, MRR and Recall at ``top_k``: the metrics a ``--top-k`` run adds to the fixed set."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise InvalidInputError(f"top_k must be a positive integer, got {top_k!r}")
+    return [f"{family}@{top_k}" for family in _FAMILIES]
+
 
 Ranking = Sequence[str]
 
@@ -45,9 +66,7 @@ def per_query_metrics(
         from ranx import Qrels, Run, evaluate
     except ImportError as exc:
         raise missing_dependency("ranx", "eval") from exc
-    unknown = [metric for metric in metrics if metric not in METRICS]
-    if unknown:
-        raise InvalidInputError(f"unknown metrics {unknown}; expected some of {list(METRICS)}")
+    names = [ranx_name(metric) for metric in metrics]
     query_ids = list(rankings)
     if not query_ids:
         raise InvalidInputError("no queries to evaluate")
@@ -56,20 +75,18 @@ def per_query_metrics(
         raise InvalidInputError(f"queries without relevance judgments: {missing[:5]}")
     ranx_qrels = Qrels({query_id: dict(qrels[query_id]) for query_id in query_ids})
     ranx_run = Run(_run_dict({query_id: rankings[query_id] for query_id in query_ids}))
-    names = [METRICS[metric] for metric in metrics]
-    values = evaluate(ranx_qrels, ranx_run, names, return_mean=False, make_comparable=True)
-    if len(names) == 1:
-        values = {names[0]: values}
+    unique = list(dict.fromkeys(names))
+    values = evaluate(ranx_qrels, ranx_run, unique, return_mean=False, make_comparable=True)
+    if len(unique) == 1:
+        values = {unique[0]: values}
     # ranx orders per-query arrays by sorted query id.
     ordered_ids = sorted(query_ids)
     return {
         metric: {
             query_id: float(value)
-            for query_id, value in zip(
-                ordered_ids, np.asarray(values[METRICS[metric]]), strict=True
-            )
+            for query_id, value in zip(ordered_ids, np.asarray(values[name]), strict=True)
         }
-        for metric in metrics
+        for metric, name in zip(metrics, names, strict=True)
     }
 
 

@@ -8,13 +8,26 @@ from typing import Any
 
 import numpy as np
 
-from crossrank.eval.metrics import mean_metrics, per_query_metrics
+from crossrank.eval.metrics import METRICS, cutoff_metrics, mean_metrics, per_query_metrics
 from crossrank.eval.runner import Evaluation, RunResult
 
 
-def run_summary(evaluation: Evaluation, run: RunResult) -> dict[str, Any]:
+def reported_metrics(top_k: int = 10) -> list[str]:
+    """The fixed metrics every report carries, then nDCG/MRR/Recall at ``top_k`` if not there.
+
+    The fixed set keeps JSON reports comparable across runs; ``top_k`` is the number of
+    passages the application actually hands on (an LLM prompt's 3-5, say), so its cut-off is
+    the one that says what a user will see.
+    """
+    names = list(METRICS)
+    return names + [name for name in cutoff_metrics(top_k) if name not in names]
+
+
+def run_summary(evaluation: Evaluation, run: RunResult, *, top_k: int = 10) -> dict[str, Any]:
     """One row of the JSON ``runs`` list."""
-    metrics = mean_metrics(per_query_metrics(evaluation.collection.qrels, run.rankings))
+    metrics = mean_metrics(
+        per_query_metrics(evaluation.collection.qrels, run.rankings, reported_metrics(top_k))
+    )
     latencies = np.asarray(list(run.latency_ms.values()), dtype=np.float64)
     return {
         "name": run.spec.name,
@@ -28,12 +41,13 @@ def run_summary(evaluation: Evaluation, run: RunResult) -> dict[str, Any]:
     }
 
 
-def summary_document(evaluation: Evaluation) -> dict[str, Any]:
+def summary_document(evaluation: Evaluation, *, top_k: int = 10) -> dict[str, Any]:
     return {
         "dataset": evaluation.collection.name,
         "first_stage": evaluation.first_stage,
         "depth": evaluation.depth,
-        "runs": [run_summary(evaluation, run) for run in evaluation.runs.values()],
+        "top_k": top_k,
+        "runs": [run_summary(evaluation, run, top_k=top_k) for run in evaluation.runs.values()],
     }
 
 
@@ -64,16 +78,20 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> s
 
 TABLE_COLUMNS = (
     "name",
-    "ndcg@10",
-    "mrr@10",
-    "recall@10",
-    "recall@100",
+    *METRICS,
     "skip_rate",
     "p50_ms",
     "p95_ms",
     "p99_ms",
     "pairs_scored",
 )
+
+
+def table_columns(top_k: int = 10) -> tuple[str, ...]:
+    """:data:`TABLE_COLUMNS` with the ``top_k`` cut-off metrics after the fixed ones."""
+    extra = tuple(reported_metrics(top_k)[len(METRICS) :])
+    split = 1 + len(METRICS)
+    return TABLE_COLUMNS[:split] + extra + TABLE_COLUMNS[split:]
 
 
 def plot(

@@ -171,6 +171,23 @@ def test_eval_without_backend_reports_first_stage_only(beir_folder: Path, tmp_pa
     assert runs[0]["ndcg@10"] > 0.5  # the topic words make BM25 nearly perfect here
 
 
+def test_eval_top_k_adds_metrics_at_that_cut_off(beir_folder: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "top3.json"
+    argv = ["eval", "--data", str(beir_folder), "--depth", "5", "--quiet"]
+    assert main([*argv, "--top-k", "3", "--json", str(out)]) == 0
+    document = json.loads(out.read_text())
+    (run,) = document["runs"]
+    assert document["top_k"] == 3
+    for key in ("ndcg@10", "recall@100", "ndcg@3", "mrr@3", "recall@3"):
+        assert key in run
+    # Each topic has two judged documents, so three passages can hold at most both of them.
+    assert run["recall@3"] <= run["recall@10"]
+    header = capsys.readouterr().out.splitlines()[1]
+    assert "ndcg@3" in header and "recall@3" in header
+    with pytest.raises(SystemExit, match="--top-k must be >= 1, got 0"):
+        main([*argv, "--top-k", "0"])
+
+
 def test_eval_rejects_selective_without_backend(beir_folder: Path) -> None:
     with pytest.raises(SystemExit, match="need --backend"):
         main(["eval", "--data", str(beir_folder), "--selective", "margin:0.3", "--quiet"])

@@ -42,6 +42,9 @@ def test_ranx_agrees_with_ir_measures_on_a_random_binary_run() -> None:
         "recall@10": ir_measures.R @ 10,
         "recall@100": ir_measures.R @ 100,
     }
+    cutoffs = {"ndcg@3": ir_measures.nDCG @ 3, "mrr@5": ir_measures.RR @ 5}
+    ours |= per_query_metrics(qrels, rankings, list(cutoffs))
+    measures |= cutoffs
     for name, measure in measures.items():
         expected = {
             m.query_id: m.value
@@ -50,6 +53,17 @@ def test_ranx_agrees_with_ir_measures_on_a_random_binary_run() -> None:
         for query_id, value in ours[name].items():
             assert value == pytest.approx(expected[query_id], abs=1e-9), (name, query_id)
     assert set(mean_metrics(ours)) == set(measures)
+
+
+@pytest.mark.parametrize("bad", ["ndcg", "ndcg@0", "map@10", "recall@ten", "ndcg@-1"])
+def test_unknown_metric_names_are_rejected_by_name(bad: str) -> None:
+    with pytest.raises(ValueError, match=repr(bad).replace("'", "")):
+        per_query_metrics({"q": {"a": 1}}, {"q": ["a"]}, [bad])
+
+
+def test_a_repeated_metric_is_computed_once_and_reported_under_its_name() -> None:
+    values = per_query_metrics({"q": {"a": 1}}, {"q": ["x", "a"]}, ["mrr@10", "mrr@10"])
+    assert values == {"mrr@10": {"q": 0.5}}
 
 
 def test_empty_ranking_scores_zero_and_unjudged_queries_are_rejected() -> None:
