@@ -86,6 +86,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--zero-shot-queries", type=int, default=100)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument(
+        "--evaluate-base",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also score the base model on the held-out queries (minutes; known from a past run)",
+    )
+    parser.add_argument(
         "--eval-only", action="store_true", help="reuse the saved model; only run zero-shot"
     )
     return parser.parse_args()
@@ -218,7 +224,7 @@ def main() -> int:
             training=training,
             data=data,
             # A fresh classification head (the embedded base) scores noise: skip it then.
-            evaluate_base=args.base != EMBEDDED,
+            evaluate_base=args.evaluate_base and args.base != EMBEDDED,
         )
         print(format_report(report))
         results_path.write_text(
