@@ -7,7 +7,9 @@ int8 0.1 (dynamic activation scales). Rankings, not scores, are what the gate ch
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -185,6 +187,73 @@ def test_auto_picks_a_variant_and_records_why(
         assert not agreement.passed
     assert len(scores) == len(PASSAGES)
     assert selection.chosen in selection.describe()
+
+
+def test_auto_choice_is_remembered_across_processes_until_the_model_changes(
+    tiny_cross_encoder_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("onnxruntime")
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_cross_encoder_path, model)
+    calibrations: list[str] = []
+    original = CrossEncoderBackend._calibrate
+
+    def counting(self: CrossEncoderBackend, device: str, sample: Any) -> Any:
+        calibrations.append(device)
+        return original(self, device, sample)
+
+    monkeypatch.setattr(CrossEncoderBackend, "_calibrate", counting)
+
+    def fresh_process() -> CrossEncoderBackend:  # a new registry is what a new process has
+        backend = CrossEncoderBackend(
+            str(model),
+            precision="auto",
+            cache_dir=tmp_path / "cache",
+            calibration=[(QUERY, PASSAGES)],
+            registry=ModelRegistry(),
+        )
+        backend.load()
+        return backend
+
+    first = fresh_process()
+    assert len(calibrations) == 1 and first.selection is not None
+    assert first.selection.remembered_from is None
+    second = fresh_process()
+    assert len(calibrations) == 1, "the second process read the first one's choice"
+    assert second.selection is not None and second.selection.remembered_from is not None
+    assert second.variant == first.variant
+    assert [a.variant for a in second.selection.agreements] == [
+        a.variant for a in first.selection.agreements
+    ]
+    assert "remembered from" in second.selection.describe()
+    # A garbled record is ignored and rewritten, never an error.
+    (record,) = (tmp_path / "cache" / "auto-precision").glob("*.json")
+    record.write_text("{not json")
+    fresh_process()
+    assert len(calibrations) == 2
+    # Retrained weights (new mtime) are a different model: calibrate again.
+    weights = next(model.glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    fresh_process()
+    assert len(calibrations) == 3
+
+
+def test_auto_choice_for_an_unpinned_hub_id_is_not_remembered(tmp_path: Path) -> None:
+    from crossrank.backends.auto_choice import choice_key
+
+    common: dict[str, Any] = {
+        "device": "cpu",
+        "settings": {},
+        "gate": FidelityGate(),
+        "sample_digest": "x",
+        "candidates": ["torch-fp32"],
+    }
+    assert choice_key(model="someone/some-reranker", revision=None, **common) is None
+    pinned = choice_key(model="someone/some-reranker", revision="abc123", **common)
+    assert pinned is not None
+    assert choice_key(model="someone/some-reranker", revision="def456", **common) != pinned
 
 
 def test_auto_with_an_impossible_gate_falls_back_to_fp32(

@@ -390,7 +390,8 @@ class CrossEncoderBackend(BaseBackend):
 
         Candidates come fastest first (:func:`auto_candidates`), so the first passing one is
         the fastest faithful one. The result is memoized in the registry per model and
-        calibration sample, so many rerankers calibrate once.
+        calibration sample, so many rerankers calibrate once, and on disk under the cache
+        folder (:mod:`crossrank.backends.auto_choice`), so later processes do not recalibrate.
         """
         sample = list(self.calibration) if self.calibration is not None else _demo_calibration()
         digest = hashlib.sha256(
@@ -406,8 +407,37 @@ class CrossEncoderBackend(BaseBackend):
             self.fidelity_gate,
             digest,
         )
-        self.selection = self._registry.get_or_load(key, lambda: self._calibrate(device, sample))
+        self.selection = self._registry.get_or_load(
+            key, lambda: self._remembered_or_calibrated(device, sample, digest)
+        )
         return _variant_from_label(self.selection.chosen)
+
+    def _remembered_or_calibrated(
+        self, device: str, sample: list[tuple[str, Sequence[str]]], sample_digest: str
+    ) -> Selection:
+        """An earlier process's choice for exactly these inputs, else a fresh calibration."""
+        from crossrank.backends.auto_choice import choice_key, load_choice, save_choice
+        from crossrank.backends.onnx_export import default_cache_dir
+
+        root = Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
+        labels = [candidate.label for candidate in auto_candidates(device)]
+        key = choice_key(
+            model=self.model,
+            revision=self.revision,
+            device=device,
+            settings={"max_length": self.max_length, "label_index": self.label_index},
+            gate=self.fidelity_gate,
+            sample_digest=sample_digest,
+            candidates=labels,
+        )
+        if key is not None:
+            remembered = load_choice(root, key)
+            if remembered is not None and remembered.chosen in labels:
+                return remembered
+        selection = self._calibrate(device, sample)
+        if key is not None:
+            save_choice(root, key, selection)
+        return selection
 
     def _calibrate(self, device: str, sample: list[tuple[str, Sequence[str]]]) -> Selection:
         reference_backend = self._sibling(FP32_TORCH)

@@ -119,8 +119,12 @@ class Selection:
     reason: str
     agreements: list[Agreement] = field(default_factory=list)
     gate: FidelityGate = field(default_factory=FidelityGate)
+    #: The file an earlier process's calibration was read from (``None``: calibrated now).
+    remembered_from: str | None = None
 
     def describe(self) -> str:
         lines = [f"chose {self.chosen}: {self.reason}"]
+        if self.remembered_from is not None:
+            lines.append(f"  (remembered from {self.remembered_from})")
         lines.extend(f"  {agreement.describe()}" for agreement in self.agreements)
         return "\n".join(lines)
