@@ -23,6 +23,7 @@ from crossrank.backends import create_backend
 from crossrank.backends.base import Backend, TokenWindowing
 from crossrank.blend import Blend, parse_blend
 from crossrank.errors import BackendError, BackendResponseError, ConfigurationError, CrossrankError
+from crossrank.log_limit import WarningThrottle
 from crossrank.normalize import (
     Identity,
     MinMax,
@@ -181,6 +182,8 @@ class Reranker:
         self.strict = bool(strict)
         self._normalization_spec = normalization if isinstance(normalization, str) else None
         self._temperature = temperature
+        # Each fallback result is flagged; the log gets the first of a burst, not every one.
+        self._fallback_warnings = WarningThrottle(logger)
 
     # -- configuration ----------------------------------------------------------------------
 
@@ -407,7 +410,7 @@ class Reranker:
                 f"{self.backend.name} backend failed: {type(exc).__name__}: {exc}"
             ) from exc
         message = f"{type(exc).__name__}: {exc}"
-        logger.warning(
+        self._fallback_warnings.warning(
             "crossrank: %s backend failed, returning first-stage order (%s)",
             self.backend.name,
             message,
