@@ -92,13 +92,27 @@ def parse_args() -> argparse.Namespace:
         help="also score the base model on the held-out queries (minutes; known from a past run)",
     )
     parser.add_argument(
-        "--eval-only", action="store_true", help="reuse the saved model; only run zero-shot"
+        "--eval-only",
+        action="store_true",
+        help="reuse the saved model: score its held-out queries and the zero-shot collections",
+    )
+    parser.add_argument(
+        "--windowing",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="score long documents in token windows, as Reranker does by default",
     )
     return parser.parse_args()
 
 
 def zero_shot(
-    model_dir: Path, data_root: Path, names: list[str], *, max_queries: int, seed: int
+    model_dir: Path,
+    data_root: Path,
+    names: list[str],
+    *,
+    max_queries: int,
+    seed: int,
+    windowing: bool,
 ) -> list[dict]:
     from crossrank.eval.beir import load_beir
     from crossrank.finetune.evaluate import (
@@ -110,7 +124,7 @@ def zero_shot(
     )
     from crossrank.finetune.miners import BM25Miner
 
-    scorer = model_scorer(str(model_dir))
+    scorer = model_scorer(str(model_dir), windowing=windowing)
     rows = []
     for name in names:
         started = time.perf_counter()
@@ -135,6 +149,45 @@ def zero_shot(
         print(f"{name}: BM25 {bm25:.3f} -> fine-tuned {tuned:.3f} ({100 * (tuned - bm25):+.1f})")
         yield_partial(model_dir, rows)
     return rows
+
+
+def rescore_heldout(
+    model_dir: Path, data_root: Path, results_path: Path, *, windowing: bool
+) -> None:
+    """Score a saved model again on the held-out queries it recorded (``--eval-only``)."""
+    from crossrank.eval.beir import load_beir
+    from crossrank.finetune.evaluate import (
+        bm25_run,
+        first_stage_run,
+        model_scorer,
+        ndcg_at_10,
+        reranked_run,
+    )
+    from crossrank.finetune.miners import BM25Miner
+    from crossrank.finetune.pipeline import read_heldout_query_ids
+
+    scorer = model_scorer(str(model_dir), windowing=windowing)
+    payload = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    base_by_name = {row["collection"]: row.get("base") for row in payload.get("heldout", [])}
+    rows = []
+    for name, query_ids in read_heldout_query_ids(model_dir).items():
+        collection = load_beir(data_root / name)
+        run = first_stage_run(collection, BM25Miner(collection), query_ids, depth=100)
+        tuned = ndcg_at_10(
+            collection, reranked_run(run, scorer, progress=True, description=f"held-out {name}")
+        )
+        rows.append(
+            {
+                "collection": name,
+                "queries": len(query_ids),
+                "bm25": ndcg_at_10(collection, bm25_run(run)),
+                "base": base_by_name.get(name),
+                "finetuned": tuned,
+            }
+        )
+    payload["heldout"] = rows
+    payload["windowing"] = windowing
+    results_path.write_text(json.dumps(payload, indent=2) + "\n")
 
 
 def yield_partial(model_dir: Path, rows: list[dict]) -> None:
@@ -216,6 +269,7 @@ def main() -> int:
             negatives_per_positive=args.negatives_per_positive,
             max_positives_per_query=args.max_positives_per_query,
             rerank_depth=100,
+            windowing=args.windowing,
         )
         started = time.perf_counter()
         report = finetune(
@@ -233,6 +287,7 @@ def main() -> int:
                     "base": args.base,
                     "train_collections": args.train,
                     "zero_shot_collections": args.zero_shot,
+                    "windowing": args.windowing,
                     "heldout": [
                         {
                             "collection": scores.collection,
@@ -256,9 +311,16 @@ def main() -> int:
     elif not (out / "config.json").is_file():
         print(f"--eval-only needs a trained model at {out}")
         return 2
+    else:
+        rescore_heldout(out, args.data_root, results_path, windowing=args.windowing)
     started = time.perf_counter()
     rows = zero_shot(
-        out, args.data_root, args.zero_shot, max_queries=args.zero_shot_queries, seed=args.seed
+        out,
+        args.data_root,
+        args.zero_shot,
+        max_queries=args.zero_shot_queries,
+        seed=args.seed,
+        windowing=args.windowing,
     )
     payload = json.loads(results_path.read_text()) if results_path.is_file() else {}
     payload.setdefault("seconds", {})["zero_shot"] = time.perf_counter() - started

@@ -485,3 +485,33 @@ def test_dense_miner_adds_topical_negatives_and_still_drops_positives(collection
     assert ranked[0] in {"d7", "d8", "d9"}  # the account/password documents come first
     negatives = mine_negatives(collection, ["q3"], [BM25Miner(collection), dense], depth=4)
     assert negatives["q3"] and not set(negatives["q3"]) & {"d7", "d9"}
+
+
+def test_heldout_scorer_scores_as_reranker_does_windows_included(tiny_cross_encoder_path):
+    from crossrank import Reranker
+    from crossrank.backends.cross_encoder import CrossEncoderBackend
+    from crossrank.finetune.evaluate import RerankerScorer
+    from crossrank.registry import ModelRegistry
+
+    backend = CrossEncoderBackend(
+        str(tiny_cross_encoder_path), max_length=16, registry=ModelRegistry()
+    )
+    query = "cats purr"
+    long_text = "dogs bark in the park all day long " * 6 + "cats purr and chase mice"
+    texts = ["cats purr", long_text, "fish swim", "cats purr"]  # a duplicate keeps its score
+    windowed = RerankerScorer(backend, windowing=True).score(query, texts)
+    expected = Reranker(backend, normalization="raw", deduplicate=False).rerank(query, texts)
+    assert windowed == [item.raw_score for item in sorted(expected, key=lambda i: i.input_index)]
+    first_window = RerankerScorer(backend, windowing=False).score(query, texts)
+    assert first_window == pytest.approx(backend.score(query, texts), abs=1e-6)
+    assert windowed[1] != pytest.approx(first_window[1], abs=1e-6), "the long text was windowed"
+    assert windowed[0] == pytest.approx(windowed[3], abs=1e-6)
+
+
+def test_heldout_scorer_fails_loudly_instead_of_scoring_the_first_stage(tmp_path):
+    from crossrank.errors import CrossrankError
+    from crossrank.finetune.evaluate import model_scorer
+
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(CrossrankError, match=str(tmp_path)):
+        model_scorer(str(tmp_path)).score("q", ["a", "b"])

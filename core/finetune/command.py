@@ -93,6 +93,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=_DATA_DEFAULTS.rerank_depth,
         help="held-out evaluation reranks BM25's top-N (default 100)",
     )
+    parser.add_argument(
+        "--no-eval-windowing",
+        dest="eval_windowing",
+        action="store_false",
+        help="evaluate on each document's first window only (default: token windows, as "
+        "Reranker scores them)",
+    )
     parser.add_argument("--epochs", type=float, default=_TRAINING_DEFAULTS.epochs)
     parser.add_argument("--max-steps", type=_positive_int, default=None)
     parser.add_argument("--batch-size", type=_positive_int, default=_TRAINING_DEFAULTS.batch_size)
@@ -177,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
         max_positives_per_query=args.max_positives_per_query,
         dense_negatives=args.dense_negatives,
         rerank_depth=args.rerank_depth,
+        windowing=args.eval_windowing,
         qrels_split=args.qrels_split,
     )
     report = finetune(

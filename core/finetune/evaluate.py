@@ -1,7 +1,9 @@
 """Before/after evaluation: rerank BM25's top documents of held-out queries, score nDCG@10.
 
-A model is evaluated from its saved path through crossrank's own cross-encoder backend, so
-the number printed after fine-tuning is the number a user gets when they load the folder.
+A model is evaluated from its saved path through crossrank's own ``Reranker`` at its
+defaults (texts longer than the model's window are scored in overlapping token windows,
+best window kept), so the number printed after fine-tuning is the number a user gets when
+they load the folder.
 nDCG comes from :mod:`crossrank.eval.metrics` (gain 2^rel - 1, as in the reference table of
 the shared collections), so these numbers agree with ``crossrank eval``.
 """
@@ -78,15 +80,44 @@ def reranked_run(
     return run
 
 
-def model_scorer(model_path: str, *, device: str = "auto", batch_size: int = 32) -> Any:
-    """A cross-encoder backend on a private registry, so an evaluated model is freed after use."""
+class RerankerScorer:
+    """Raw scores for every text, computed the way ``Reranker.rerank`` computes them.
+
+    Strict, so a broken model fails the evaluation instead of scoring as the first stage;
+    no deduplication, so every document of the run gets its own score.
+    """
+
+    def __init__(self, backend: Any, *, windowing: bool) -> None:
+        from crossrank import Reranker
+
+        self.backend = backend
+        self.reranker = Reranker(
+            backend, normalization="raw", windowing=windowing, deduplicate=False, strict=True
+        )
+
+    def score(self, query: str, texts: Sequence[str]) -> list[float]:
+        result = self.reranker.rerank(query, list(texts))
+        scores: list[float | None] = [None] * len(texts)
+        for item in result.ranked:
+            scores[item.input_index] = item.raw_score
+        missing = [index for index, score in enumerate(scores) if score is None]
+        if missing:
+            raise RuntimeError(f"the reranker returned no score for texts {missing[:5]}")
+        return [float(score) for score in scores if score is not None]
+
+
+def model_scorer(
+    model_path: str, *, device: str = "auto", batch_size: int = 32, windowing: bool = True
+) -> RerankerScorer:
+    """A scorer on a private registry, so an evaluated model is freed after use."""
     from crossrank.backends.cross_encoder import CrossEncoderBackend
     from crossrank.registry import ModelRegistry
 
-    return CrossEncoderBackend(
+    backend = CrossEncoderBackend(
         model_path,
         device=device,
         batch_size=batch_size,
         local_files_only=True,
         registry=ModelRegistry(),
     )
+    return RerankerScorer(backend, windowing=windowing)

@@ -61,6 +61,8 @@ class DataConfig:
     max_positives_per_query: int = 16
     dense_negatives: bool = False
     rerank_depth: int = 100
+    #: score long documents in token windows (the ``Reranker`` default) when evaluating
+    windowing: bool = True
     qrels_split: str = "test"
 
     def __post_init__(self) -> None:
@@ -132,9 +134,14 @@ def _examples(
 
 
 def _evaluate(
-    runs: Sequence[FirstStageRun], model_path: str, training: TrainingConfig, label: str
+    runs: Sequence[FirstStageRun],
+    model_path: str,
+    training: TrainingConfig,
+    label: str,
+    *,
+    windowing: bool,
 ) -> list[float]:
-    scorer = model_scorer(model_path, device=training.device)
+    scorer = model_scorer(model_path, device=training.device, windowing=windowing)
     return [
         ndcg_at_10(
             run.collection,
@@ -202,7 +209,9 @@ def finetune(
         phase = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="crossrank-base-") as scratch:
             save_model(model, Path(scratch))
-            base_scores = _evaluate(heldout_runs, scratch, training, "base")
+            base_scores = _evaluate(
+                heldout_runs, scratch, training, "base", windowing=data.windowing
+            )
         seconds["evaluate_base"] = time.perf_counter() - phase
 
     log(
@@ -217,7 +226,9 @@ def finetune(
     heldout: list[HeldoutScores] = []
     if heldout_runs:
         phase = time.perf_counter()
-        tuned_scores = _evaluate(heldout_runs, str(out_path), training, "fine-tuned")
+        tuned_scores = _evaluate(
+            heldout_runs, str(out_path), training, "fine-tuned", windowing=data.windowing
+        )
         seconds["evaluate_finetuned"] = time.perf_counter() - phase
         for position, run in enumerate(heldout_runs):
             heldout.append(
