@@ -32,6 +32,7 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -105,6 +106,18 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def bm25_and_reranked(
+    collection: Any, query_ids: list[str], scorer: Any, *, description: str
+) -> tuple[float, float]:
+    """nDCG@10 of BM25's top 100 for ``query_ids``, and of the same lists reranked."""
+    from crossrank.finetune.evaluate import bm25_run, first_stage_run, ndcg_at_10, reranked_run
+    from crossrank.finetune.miners import BM25Miner
+
+    run = first_stage_run(collection, BM25Miner(collection), query_ids, depth=100)
+    reranked = reranked_run(run, scorer, progress=True, description=description)
+    return ndcg_at_10(collection, bm25_run(run)), ndcg_at_10(collection, reranked)
+
+
 def zero_shot(
     model_dir: Path,
     data_root: Path,
@@ -115,14 +128,7 @@ def zero_shot(
     windowing: bool,
 ) -> list[dict]:
     from crossrank.eval.beir import load_beir
-    from crossrank.finetune.evaluate import (
-        bm25_run,
-        first_stage_run,
-        model_scorer,
-        ndcg_at_10,
-        reranked_run,
-    )
-    from crossrank.finetune.miners import BM25Miner
+    from crossrank.finetune.evaluate import model_scorer
 
     scorer = model_scorer(str(model_dir), windowing=windowing)
     rows = []
@@ -132,10 +138,8 @@ def zero_shot(
         query_ids = list(collection.judged_query_ids)
         if len(query_ids) > max_queries:
             query_ids = sorted(random.Random(f"{seed}:{name}").sample(query_ids, max_queries))
-        run = first_stage_run(collection, BM25Miner(collection), query_ids, depth=100)
-        bm25 = ndcg_at_10(collection, bm25_run(run))
-        tuned = ndcg_at_10(
-            collection, reranked_run(run, scorer, progress=True, description=f"zero-shot {name}")
+        bm25, tuned = bm25_and_reranked(
+            collection, query_ids, scorer, description=f"zero-shot {name}"
         )
         rows.append(
             {
@@ -156,14 +160,7 @@ def rescore_heldout(
 ) -> None:
     """Score a saved model again on the held-out queries it recorded (``--eval-only``)."""
     from crossrank.eval.beir import load_beir
-    from crossrank.finetune.evaluate import (
-        bm25_run,
-        first_stage_run,
-        model_scorer,
-        ndcg_at_10,
-        reranked_run,
-    )
-    from crossrank.finetune.miners import BM25Miner
+    from crossrank.finetune.evaluate import model_scorer
     from crossrank.finetune.pipeline import read_heldout_query_ids
 
     scorer = model_scorer(str(model_dir), windowing=windowing)
@@ -171,16 +168,14 @@ def rescore_heldout(
     base_by_name = {row["collection"]: row.get("base") for row in payload.get("heldout", [])}
     rows = []
     for name, query_ids in read_heldout_query_ids(model_dir).items():
-        collection = load_beir(data_root / name)
-        run = first_stage_run(collection, BM25Miner(collection), query_ids, depth=100)
-        tuned = ndcg_at_10(
-            collection, reranked_run(run, scorer, progress=True, description=f"held-out {name}")
+        bm25, tuned = bm25_and_reranked(
+            load_beir(data_root / name), query_ids, scorer, description=f"held-out {name}"
         )
         rows.append(
             {
                 "collection": name,
                 "queries": len(query_ids),
-                "bm25": ndcg_at_10(collection, bm25_run(run)),
+                "bm25": bm25,
                 "base": base_by_name.get(name),
                 "finetuned": tuned,
             }
