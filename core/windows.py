@@ -47,13 +47,15 @@ def plan_windows(
     """Split each text that does not fit beside ``query`` into windows sharing ``stride`` tokens.
 
     ``stride`` has the meaning it has in Hugging Face tokenizers: the number of tokens two
-    consecutive windows have in common.
+    consecutive windows have in common, capped at half a window.
     """
     budget = windowing.window_token_budget(query)
     if budget is None:
         return no_windows(texts)
     budget = max(budget, 1)
-    step = max(budget - stride, 1)
+    # Windows advance by at least half their size, so a stride near the budget cannot turn
+    # one passage into a window per token.
+    step = max(budget - stride, (budget + 1) // 2)
     window_texts: list[str] = []
     owners: list[int] = []
     for owner, text in enumerate(texts):

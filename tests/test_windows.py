@@ -38,3 +38,33 @@ def test_aggregations() -> None:
     )
     with pytest.raises(InvalidInputError, match="median"):
         aggregate(plan, scores, "median")  # type: ignore[arg-type]
+
+
+def test_a_stride_near_the_budget_still_advances_by_half_a_window() -> None:
+    text = " ".join(f"w{i}" for i in range(40))
+    plan = plan_windows("q", [text], CharWindowBackend(budget=10), stride=9)
+    windows = [window.split() for window in plan.window_texts]
+    assert len(windows) == 7  # starts 0, 5, ..., 30: not 31 one-token steps
+    assert {token for window in windows for token in window} == set(text.split())
+
+
+def test_a_query_longer_than_the_model_input_leaves_passages_half_the_input(
+    tiny_cross_encoder_path,  # type: ignore[no-untyped-def]
+) -> None:
+    from crossrank import ModelRegistry, Reranker
+    from crossrank.backends.cross_encoder import CrossEncoderBackend
+
+    backend = CrossEncoderBackend(
+        str(tiny_cross_encoder_path), max_length=32, registry=ModelRegistry()
+    )
+    long_query = " ".join(["cats purr and chase mice"] * 20)  # ~100 tokens, input is 32
+    assert backend.window_token_budget(long_query) == (32 - 3) // 2
+    passage = " ".join(["dogs bark in the park"] * 12)
+    tokens = len(backend.token_spans(passage))
+    budget = (32 - 3) // 2
+    plan = plan_windows(long_query, [passage], backend, stride=32)
+    # Before the floor: a budget of 1 token, so one window per passage token.
+    assert tokens / budget <= len(plan.window_texts) <= tokens / (budget // 2) + 1
+    result = Reranker(backend).rerank(long_query, [passage, "fish swim"])
+    assert result.report.status == "reranked"
+    assert sorted(item.input_index for item in result) == [0, 1]

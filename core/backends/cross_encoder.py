@@ -498,8 +498,15 @@ class CrossEncoderBackend(BaseBackend):
         return [tuple(span) for span in encoded["offset_mapping"]]  # type: ignore[misc]
 
     def window_token_budget(self, query: str) -> int | None:
+        """Tokens of passage that fit beside ``query``; at least half the model's input.
+
+        Without the floor, a query as long as the input would cut passages into windows of
+        one token each: hundreds of pairs per passage, each read beside a clipped query.
+        With it, a long query is the side the tokenizer trims (``longest_first``).
+        """
+        room = self.model_max_length - _PAIR_SPECIAL_TOKENS
         query_tokens = len(self.tokenizer(query, add_special_tokens=False)["input_ids"])
-        return self.model_max_length - query_tokens - _PAIR_SPECIAL_TOKENS
+        return max(room - query_tokens, room // 2)
 
     # -- scoring ----------------------------------------------------------------------------
 
