@@ -93,6 +93,20 @@ def _heldout_queries() -> dict[str, list[str]]:
     return read_heldout_query_ids(reference)
 
 
+def model_digest(backend: Any) -> str:
+    """Short digest of the model's identity (files and mtimes for a local path).
+
+    Cached scores belong to one model: a retrained reference model must not reuse the
+    previous one's scores just because the backend has the same name.
+    """
+    import hashlib
+
+    from crossrank.backends.onnx_export import _model_fingerprint
+
+    model = backend.model_name or "unknown"
+    return hashlib.sha256(_model_fingerprint(str(model)).encode()).hexdigest()[:12]
+
+
 def load_cache(backend: Any, path: Path) -> None:
     if path.is_file():
         with path.open("rb") as handle:
@@ -166,7 +180,8 @@ def main() -> int:
                 if key in results or backend_name not in available:
                     continue
                 backend = caching(available[backend_name])
-                score_cache = cache_dir / f"scores-{name}-{backend_name}.pkl"
+                digest = model_digest(backend)
+                score_cache = cache_dir / f"scores-{name}-{backend_name}-{digest}.pkl"
                 backend._scores.clear()
                 load_cache(backend, score_cache)
                 started = time.perf_counter()
