@@ -101,10 +101,10 @@ def model_digest(backend: Any) -> str:
     """
     import hashlib
 
-    from crossrank.backends.onnx_export import _model_fingerprint
+    from crossrank.backends.onnx_export import model_fingerprint
 
     model = backend.model_name or "unknown"
-    return hashlib.sha256(_model_fingerprint(str(model)).encode()).hexdigest()[:12]
+    return hashlib.sha256(model_fingerprint(str(model)).encode()).hexdigest()[:12]
 
 
 def load_cache(backend: Any, path: Path) -> None:

@@ -59,7 +59,7 @@ def choice_key(
     candidates: list[str],
 ) -> str | None:
     """Hex key for one calibration's inputs, or ``None`` when the model is not pinned."""
-    from crossrank.backends.onnx_export import EXPORT_FORMAT_VERSION, _model_fingerprint
+    from crossrank.backends.onnx_export import EXPORT_FORMAT_VERSION, model_fingerprint
     from crossrank.backends.precision import cpu_supports_bf16
 
     local = Path(model).expanduser().exists()
@@ -68,7 +68,7 @@ def choice_key(
     recipe = {
         "format": FORMAT_VERSION,
         "export_format": EXPORT_FORMAT_VERSION,
-        "model": _model_fingerprint(model),
+        "model": model_fingerprint(model),
         "revision": revision,
         "device": device,
         "settings": dict(settings),

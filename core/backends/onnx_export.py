@@ -61,7 +61,7 @@ class OnnxArtifact:
     key: str
 
 
-def _model_fingerprint(model: str) -> str:
+def model_fingerprint(model: str) -> str:
     """Identity of the model's weights: the id for hub models, path + file stats for local."""
     path = Path(model).expanduser()
     if not path.exists():
@@ -86,7 +86,7 @@ def artifact_key(
     """Directory name of an artifact: a readable model stem plus a content hash of the recipe."""
     recipe = json.dumps(
         {
-            "model": _model_fingerprint(model),
+            "model": model_fingerprint(model),
             "revision": revision,
             "opset": opset,
             "quantization": quantization,
