@@ -107,6 +107,13 @@ def model_digest(backend: Any) -> str:
     return hashlib.sha256(model_fingerprint(str(model)).encode()).hexdigest()[:12]
 
 
+def score_cache_path(
+    cache_dir: Path, collection_name: str, backend_name: str, backend: Any
+) -> Path:
+    """Where one collection's cached scores for one backend's current model live."""
+    return cache_dir / f"scores-{collection_name}-{backend_name}-{model_digest(backend)}.pkl"
+
+
 def load_cache(backend: Any, path: Path) -> None:
     if path.is_file():
         with path.open("rb") as handle:
@@ -180,8 +187,7 @@ def main() -> int:
                 if key in results or backend_name not in available:
                     continue
                 backend = caching(available[backend_name])
-                digest = model_digest(backend)
-                score_cache = cache_dir / f"scores-{name}-{backend_name}-{digest}.pkl"
+                score_cache = score_cache_path(cache_dir, name, backend_name, backend)
                 backend._scores.clear()
                 load_cache(backend, score_cache)
                 started = time.perf_counter()

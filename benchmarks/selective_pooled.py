@@ -45,10 +45,9 @@ def per_query_table(backend_name: str, seed: int) -> dict[str, np.ndarray]:
     columns.update({kind: [] for kind in POLICIES})
     for name in collections_benchmark.COLLECTIONS:
         collection = load_beir(collections_benchmark.DATA / name)
-        digest = collections_benchmark.model_digest(backend)
         backend._scores.clear()
         collections_benchmark.load_cache(
-            backend, cache / f"scores-{name}-{backend_name}-{digest}.pkl"
+            backend, collections_benchmark.score_cache_path(cache, name, backend_name, backend)
         )
         evaluation = evaluate_runs(
             collection,

@@ -23,6 +23,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -117,29 +118,18 @@ def load_choice(root: Path, key: str) -> Selection | None:
 def save_choice(root: Path, key: str, selection: Selection) -> None:
     """Write atomically (temp file + rename), so a concurrent reader sees all or nothing."""
     folder = root / _FOLDER
+    agreements = []
+    for agreement in selection.agreements:
+        row = asdict(agreement)
+        if row["max_abs_diff"] == float("inf"):  # JSON has no infinity: unavailable -> null
+            row["max_abs_diff"] = None
+        agreements.append(row)
     payload = {
         "key": key,
         "chosen": selection.chosen,
         "reason": selection.reason,
-        "gate": {
-            "min_kendall_tau": selection.gate.min_kendall_tau,
-            "min_top_k_overlap": selection.gate.min_top_k_overlap,
-            "top_k": selection.gate.top_k,
-        },
-        "agreements": [
-            {
-                "variant": agreement.variant,
-                "kendall_tau": agreement.kendall_tau,
-                "top_k_overlap": agreement.top_k_overlap,
-                # JSON has no infinity; an unavailable variant's diff is stored as null.
-                "max_abs_diff": (
-                    agreement.max_abs_diff if agreement.max_abs_diff != float("inf") else None
-                ),
-                "passed": agreement.passed,
-                "error": agreement.error,
-            }
-            for agreement in selection.agreements
-        ],
+        "gate": asdict(selection.gate),
+        "agreements": agreements,
     }
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -417,9 +417,9 @@ class CrossEncoderBackend(BaseBackend):
     ) -> Selection:
         """An earlier process's choice for exactly these inputs, else a fresh calibration."""
         from crossrank.backends.auto_choice import choice_key, load_choice, save_choice
-        from crossrank.backends.onnx_export import default_cache_dir
+        from crossrank.backends.onnx_export import cache_root
 
-        root = Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
+        root = cache_root(self.cache_dir)
         labels = [candidate.label for candidate in auto_candidates(device)]
         key = choice_key(
             model=self.model,

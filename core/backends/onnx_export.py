@@ -52,6 +52,11 @@ def default_cache_dir() -> Path:
     return Path(base).expanduser() / "crossrank"
 
 
+def cache_root(cache_dir: str | Path | None) -> Path:
+    """``cache_dir`` if given, else :func:`default_cache_dir`: where every crossrank cache lives."""
+    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+
+
 @dataclass(frozen=True)
 class OnnxArtifact:
     """A verified ONNX model on disk, with the digest that identifies its bytes."""
@@ -144,8 +149,7 @@ def ensure_artifact(
     local_files_only: bool = False,
 ) -> OnnxArtifact:
     """Return the cached artifact for the recipe, building (once, under a lock) if needed."""
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    root = root / "onnx"
+    root = cache_root(cache_dir) / "onnx"
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -90,7 +90,6 @@ class RerankerScorer:
     def __init__(self, backend: Any, *, windowing: bool) -> None:
         from crossrank import Reranker
 
-        self.backend = backend
         self.reranker = Reranker(
             backend, normalization="raw", windowing=windowing, deduplicate=False, strict=True
         )
