@@ -14,7 +14,9 @@ budget of ~100 optimizer steps a fresh head does not learn to rank (measured: it
 to a near-constant score, -29 nDCG points below BM25); adapting a trained cross-encoder does.
 
 Every number is nDCG@10 (gain 2^rel - 1) of BM25's top-100 reranked by the model, next to
-BM25's own. The model is saved to ``<repo>/.cache/reference-reranker`` (gitignored; never
+BM25's own, and of the same lists with the model's scores blended with BM25's
+(``--blend``; by default ``weighted:0.5`` and ``rrf``, the two blend kinds at their default
+weights, fixed before any result was seen). The model is saved to ``<repo>/.cache/reference-reranker`` (gitignored; never
 committed), where the other benchmarks and the README's results table pick it up, together
 with ``crossrank_finetune.json`` (training record, held-out query ids) and
 ``reference_results.json`` (all scores and timings).
@@ -58,6 +60,9 @@ ZERO_SHOT_COLLECTIONS = ("adi", "cacm", "lisa")
 SCIFACT_BASE = (REPO_ROOT / ".." / "shared" / "models" / "minilm-ce-scifact").resolve()
 RESULTS_FILE = "reference_results.json"
 EMBEDDED = "embedded:all-MiniLM-L6-v2"
+#: Fused with BM25 next to the model alone; fixed before any result was seen (the product's
+#: defaults for each blend kind), so the held-out columns are not tuned on held-out queries.
+DEFAULT_BLENDS = ("weighted:0.5", "rrf")
 
 
 def reference_model_path() -> Path | None:
@@ -111,19 +116,51 @@ def parse_args() -> argparse.Namespace:
         default=True,
         help="score long documents in token windows, as Reranker does by default",
     )
+    parser.add_argument(
+        "--blend",
+        nargs="*",
+        default=list(DEFAULT_BLENDS),
+        help="blend specs (as Reranker(blend=...)) also reported next to the model alone; "
+        "none to skip",
+    )
     return parser.parse_args()
 
 
 def bm25_and_reranked(
-    collection: Any, query_ids: list[str], scorer: Any, *, description: str
-) -> tuple[float, float]:
-    """nDCG@10 of BM25's top 100 for ``query_ids``, and of the same lists reranked."""
+    collection: Any,
+    query_ids: list[str],
+    scorer: Any,
+    *,
+    description: str,
+    blends: list[str],
+) -> dict[str, float]:
+    """nDCG@10 of BM25's top 100 for ``query_ids``, of the same lists reranked, and of blends.
+
+    Each blend spec (``crossrank.parse_blend``) fuses BM25's scores with the model's the way
+    ``Reranker(blend=...)`` does, so its column is what that configuration would give.
+    """
+    from crossrank.blend import parse_blend
     from crossrank.finetune.evaluate import bm25_run, first_stage_run, ndcg_at_10, reranked_run
     from crossrank.finetune.miners import BM25Miner
 
     run = first_stage_run(collection, BM25Miner(collection), query_ids, depth=100)
+    first = bm25_run(run)
     reranked = reranked_run(run, scorer, progress=True, description=description)
-    return ndcg_at_10(collection, bm25_run(run)), ndcg_at_10(collection, reranked)
+    scores = {"bm25": ndcg_at_10(collection, first), "finetuned": ndcg_at_10(collection, reranked)}
+    for spec in blends:
+        blend = parse_blend(spec)
+        assert blend is not None
+        blended = {}
+        for query_id, hits in run.hits.items():
+            doc_ids = [doc_id for doc_id, _score in hits]
+            combined = blend.combine(
+                list(range(1, len(doc_ids) + 1)),
+                [score for _doc_id, score in hits],
+                [reranked[query_id][doc_id] for doc_id in doc_ids],
+            )
+            blended[query_id] = dict(zip(doc_ids, combined, strict=True))
+        scores[spec] = ndcg_at_10(collection, blended)
+    return scores
 
 
 def zero_shot(
@@ -134,6 +171,7 @@ def zero_shot(
     max_queries: int,
     seed: int,
     windowing: bool,
+    blends: list[str],
 ) -> list[dict]:
     from crossrank.eval.beir import load_beir
     from crossrank.finetune.evaluate import model_scorer
@@ -146,27 +184,40 @@ def zero_shot(
         query_ids = list(collection.judged_query_ids)
         if len(query_ids) > max_queries:
             query_ids = sorted(random.Random(f"{seed}:{name}").sample(query_ids, max_queries))
-        bm25, tuned = bm25_and_reranked(
-            collection, query_ids, scorer, description=f"zero-shot {name}"
+        scores = bm25_and_reranked(
+            collection, query_ids, scorer, description=f"zero-shot {name}", blends=blends
         )
         rows.append(
-            {
-                "collection": name,
-                "queries": len(query_ids),
-                "bm25": bm25,
-                "finetuned": tuned,
-                "seconds": time.perf_counter() - started,
-            }
+            _row(name, len(query_ids), scores, blends, seconds=time.perf_counter() - started)
         )
+        bm25, tuned = scores["bm25"], scores["finetuned"]
         print(f"{name}: BM25 {bm25:.3f} -> fine-tuned {tuned:.3f} ({100 * (tuned - bm25):+.1f})")
         yield_partial(model_dir, rows)
     return rows
 
 
+def _row(
+    name: str, queries: int, scores: dict[str, float], blends: list[str], **extra: Any
+) -> dict:
+    return {
+        "collection": name,
+        "queries": queries,
+        "bm25": scores["bm25"],
+        **extra,
+        "finetuned": scores["finetuned"],
+        "blends": {spec: scores[spec] for spec in blends},
+    }
+
+
 def rescore_heldout(
-    model_dir: Path, data_root: Path, results_path: Path, *, windowing: bool
+    model_dir: Path,
+    data_root: Path,
+    results_path: Path,
+    *,
+    windowing: bool,
+    blends: list[str],
 ) -> None:
-    """Score a saved model again on the held-out queries it recorded (``--eval-only``)."""
+    """Score a saved model again on the held-out queries it recorded."""
     from crossrank.eval.beir import load_beir
     from crossrank.finetune.evaluate import model_scorer
     from crossrank.finetune.pipeline import read_heldout_query_ids
@@ -176,18 +227,14 @@ def rescore_heldout(
     base_by_name = {row["collection"]: row.get("base") for row in payload.get("heldout", [])}
     rows = []
     for name, query_ids in read_heldout_query_ids(model_dir).items():
-        bm25, tuned = bm25_and_reranked(
-            load_beir(data_root / name), query_ids, scorer, description=f"held-out {name}"
+        scores = bm25_and_reranked(
+            load_beir(data_root / name),
+            query_ids,
+            scorer,
+            description=f"held-out {name}",
+            blends=blends,
         )
-        rows.append(
-            {
-                "collection": name,
-                "queries": len(query_ids),
-                "bm25": bm25,
-                "base": base_by_name.get(name),
-                "finetuned": tuned,
-            }
-        )
+        rows.append(_row(name, len(query_ids), scores, blends, base=base_by_name.get(name)))
     payload["heldout"] = rows
     payload["windowing"] = windowing
     results_path.write_text(json.dumps(payload, indent=2) + "\n")
@@ -201,36 +248,46 @@ def yield_partial(model_dir: Path, rows: list[dict]) -> None:
 
 
 def table(title: str, rows: list[dict]) -> str:
-    """A markdown table; the base column appears when the base model was scored too."""
+    """A markdown table: BM25, the base when it was scored, the model, then each blend.
+
+    Every model or blend cell carries its difference from BM25 in nDCG@10 points.
+    """
     with_base = any(row.get("base") is not None for row in rows)
-    base_head, base_rule = (" base |", "---:|") if with_base else ("", "")
+    blends = list(rows[0].get("blends", {})) if rows else []
+    columns = (["base"] if with_base else []) + ["finetuned"] + blends
+    heads = [
+        "base" if column == "base" else "fine-tuned" if column == "finetuned" else f"blend {column}"
+        for column in columns
+    ]
     lines = [
         f"### {title}",
         "",
-        f"| collection | queries | BM25 |{base_head} fine-tuned | Δ vs BM25 (points) |",
-        f"|---|---:|---:|{base_rule}---:|---:|",
+        "| collection | queries | BM25 | " + " | ".join(heads) + " |",
+        "|---|---:|---:|" + "---:|" * len(columns),
     ]
 
-    def line(name: str, queries: int, bm25: float, base: float | None, tuned: float) -> str:
-        base_cell = f" {base:.3f} |" if with_base and base is not None else ""
-        delta = 100 * (tuned - bm25)
-        return f"| {name} | {queries} | {bm25:.3f} |{base_cell} {tuned:.3f} | {delta:+.1f} |"
+    def value(row: dict, column: str) -> float | None:
+        found = row.get("blends", {}).get(column) if column in blends else row.get(column)
+        return None if found is None else float(found)
+
+    def line(name: str, queries: int, bm25: float, values: list[float | None]) -> str:
+        cells = [
+            "-" if found is None else f"{found:.3f} ({100 * (found - bm25):+.1f})"
+            for found in values
+        ]
+        return f"| {name} | {queries} | {bm25:.3f} | " + " | ".join(cells) + " |"
 
     for row in rows:
-        lines.append(
-            line(row["collection"], row["queries"], row["bm25"], row.get("base"), row["finetuned"])
-        )
+        values = [value(row, column) for column in columns]
+        lines.append(line(row["collection"], row["queries"], row["bm25"], values))
     if rows:
-        count = len(rows)
-        lines.append(
-            line(
-                "**mean**",
-                sum(row["queries"] for row in rows),
-                sum(row["bm25"] for row in rows) / count,
-                sum(row["base"] for row in rows) / count if with_base else None,
-                sum(row["finetuned"] for row in rows) / count,
-            )
-        )
+        means: list[float | None] = []
+        for column in columns:
+            found = [value(row, column) for row in rows]
+            known = [item for item in found if item is not None]
+            means.append(sum(known) / len(known) if len(known) == len(found) else None)
+        bm25_mean = sum(row["bm25"] for row in rows) / len(rows)
+        lines.append(line("**mean**", sum(row["queries"] for row in rows), bm25_mean, means))
     return "\n".join(lines)
 
 
@@ -314,8 +371,12 @@ def main() -> int:
     elif not (out / "config.json").is_file():
         print(f"--eval-only needs a trained model at {out}")
         return 2
-    else:
-        rescore_heldout(out, args.data_root, results_path, windowing=args.windowing)
+    if args.eval_only or args.blend:
+        # The training report scores the model alone; blends need the per-document scores,
+        # so the held-out queries are scored again here (a few minutes).
+        rescore_heldout(
+            out, args.data_root, results_path, windowing=args.windowing, blends=args.blend
+        )
     started = time.perf_counter()
     rows = zero_shot(
         out,
@@ -324,6 +385,7 @@ def main() -> int:
         max_queries=args.zero_shot_queries,
         seed=args.seed,
         windowing=args.windowing,
+        blends=args.blend,
     )
     payload = json.loads(results_path.read_text()) if results_path.is_file() else {}
     payload.setdefault("seconds", {})["zero_shot"] = time.perf_counter() - started
