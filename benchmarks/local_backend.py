@@ -13,13 +13,17 @@ its difference from fp32, scored with the reference cross-encoder that
 Floors checked at the end:
 - issue 2: crossrank fp32 (the default) is not slower than plain predict (ratio >= 1.0);
 - issue 7: the fastest variant that passes the fidelity gate is >= 3x predict, and every
-  passing variant's nDCG@10 is within 0.005 of fp32 on every shared collection.
+  passing variant's nDCG@10 is within 0.005 of fp32 on every shared collection. When the
+  trained reference model scores the nDCG table, the gate is the one ``precision="auto"``
+  runs for that model (its bundled calibration sample); the timing model's untrained head
+  scores near-ties, where any rounding reorders, so its gate column is a stress test.
 
 Run::
 
     python benchmarks/local_backend.py                        # full run (minutes)
     python benchmarks/local_backend.py --repeats 5 --ndcg-queries 0   # speed only
     python benchmarks/local_backend.py --variants torch-fp32 onnx-int8
+    python benchmarks/local_backend.py --ndcg-queries all     # nDCG over every judged query
 """
 
 from __future__ import annotations
@@ -103,21 +107,13 @@ def reference_model() -> str | None:
     return str(found) if found is not None else None
 
 
-def ndcg_at_k(ranked: list[str], qrels: dict[str, int], k: int = NDCG_DEPTH) -> float:
-    dcg = sum(
-        (2 ** qrels.get(doc, 0) - 1) / math.log2(rank + 2) for rank, doc in enumerate(ranked[:k])
-    )
-    ideal = sorted(qrels.values(), reverse=True)[:k]
-    idcg = sum((2**rel - 1) / math.log2(rank + 2) for rank, rel in enumerate(ideal))
-    return dcg / idcg if idcg > 0 else 0.0
-
-
 def ndcg_table(
-    backends: dict[str, CrossEncoderBackend], *, queries_per_collection: int, seed: int
+    backends: dict[str, CrossEncoderBackend], *, queries_per_collection: int | None, seed: int
 ) -> dict[str, dict[str, float]]:
-    """collection -> variant -> mean nDCG@10 over the sampled queries (BM25 top-30 reranked)."""
+    """collection -> variant -> mean nDCG@10 (BM25 top-30 reranked; ``None``: every query)."""
     from crossrank.eval.beir import load_beir
     from crossrank.eval.bm25 import BM25Index
+    from crossrank.eval.metrics import mean_metrics, per_query_metrics
 
     if not workload.SHARED_DATA.is_dir():
         print(f"  no shared collections at {workload.SHARED_DATA}; nDCG skipped")
@@ -127,25 +123,59 @@ def ndcg_table(
         collection = load_beir(directory)
         doc_ids = list(collection.corpus)
         index = BM25Index([collection.corpus[d].full_text for d in doc_ids])
-        judged = collection.judged_query_ids
-        sample = random.Random(seed).sample(judged, min(queries_per_collection, len(judged)))
-        sums = {name: 0.0 for name in backends}
-        sums["bm25"] = 0.0
+        judged = list(collection.judged_query_ids)
+        count = len(judged) if queries_per_collection is None else queries_per_collection
+        sample = random.Random(seed).sample(judged, min(count, len(judged)))
+        rankings: dict[str, dict[str, list[str]]] = {name: {} for name in ("bm25", *backends)}
         for query_id in sample:
             query = collection.queries[query_id]
-            hits = index.search(query, k=FIRST_STAGE_DEPTH)
-            candidates = [doc_ids[hit.index] for hit in hits]
+            candidates = [doc_ids[hit.index] for hit in index.search(query, k=FIRST_STAGE_DEPTH)]
             texts = [collection.corpus[d].full_text for d in candidates]
-            qrels = dict(collection.qrels[query_id])
-            sums["bm25"] += ndcg_at_k(candidates, qrels)
+            rankings["bm25"][query_id] = candidates
             for name, backend in backends.items():
                 scores = backend.score(query, texts) if texts else []
                 order = sorted(range(len(texts)), key=lambda i: -scores[i])
-                sums[name] += ndcg_at_k([candidates[i] for i in order], qrels)
-        table[collection.name] = {name: total / len(sample) for name, total in sums.items()}
+                rankings[name][query_id] = [candidates[i] for i in order]
+        table[collection.name] = {
+            name: mean_metrics(per_query_metrics(collection.qrels, ranked, ["ndcg@10"]))["ndcg@10"]
+            for name, ranked in rankings.items()
+        }
         row = "  ".join(f"{n}={v:.4f}" for n, v in table[collection.name].items())
         print(f"  {collection.name:16s} ({len(sample)} queries)  {row}", flush=True)
     return table
+
+
+def gate_on_model(
+    model: str, backends: dict[str, CrossEncoderBackend], *, cache_dir: str
+) -> set[str]:
+    """Variants that pass the fidelity gate for ``model``, as ``precision="auto"`` checks it.
+
+    The timing model has an untrained head, so its scores are nearly ties and any rounding
+    reorders them; a user's trained model is what the gate really runs on.
+    """
+    auto = CrossEncoderBackend(
+        model, precision="auto", device="cpu", cache_dir=cache_dir, local_files_only=True
+    )
+    auto.load()
+    selection = auto.selection
+    assert selection is not None
+    print("  precision='auto' on this model " + selection.describe().replace("\n", "\n    "))
+    passed = {agreement.variant for agreement in selection.agreements if agreement.passed}
+    passed.add(selection.chosen)
+    return {
+        name
+        for name, backend in backends.items()
+        if backend.variant.label in passed or backend.variant.precision == "fp32"
+    }
+
+
+def _query_count(value: str) -> int | None:
+    if value == "all":
+        return None
+    count = int(value)
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"--ndcg-queries must be >= 0 or 'all', got {value!r}")
+    return count
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,7 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--passages", type=int, default=100)
     parser.add_argument("--token-budget", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--ndcg-queries", type=int, default=20, help="per collection; 0 skips")
+    parser.add_argument(
+        "--ndcg-queries",
+        type=_query_count,
+        default=20,
+        help="sampled queries per collection, or 'all'; 0 skips",
+    )
     parser.add_argument(
         "--ndcg-model",
         default=None,
@@ -258,10 +293,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"peak RSS of the process: {workload.peak_rss_mb():.0f} MB")
 
     table: dict[str, dict[str, float]] = {}
-    if args.ndcg_queries > 0:
+    gate_passed: set[str] | None = None
+    if args.ndcg_queries != 0:
+        sampled = (
+            "every judged query"
+            if args.ndcg_queries is None
+            else (f"{args.ndcg_queries} sampled queries")
+        )
         print(
-            f"\nnDCG@10, BM25 top-{FIRST_STAGE_DEPTH} reranked, {args.ndcg_queries} sampled "
-            "queries per collection:",
+            f"\nnDCG@10, BM25 top-{FIRST_STAGE_DEPTH} reranked, {sampled} per collection:",
             flush=True,
         )
         ndcg_backends = backends
@@ -275,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
                 token_budget=args.token_budget,
                 threads=args.threads,
             )
+            gate_passed = gate_on_model(ndcg_model, ndcg_backends, cache_dir=cache_dir)
         table = ndcg_table(ndcg_backends, queries_per_collection=args.ndcg_queries, seed=args.seed)
         if table and "torch-fp32" in ndcg_backends:
             print("\nnDCG@10 difference from torch-fp32 (worst collection):")
@@ -288,7 +329,14 @@ def main(argv: list[str] | None = None) -> int:
         ratio = by_name["torch-fp32"].ratio
         verdict = "PASS" if ratio >= 1.0 else "FAIL"
         print(f"  issue 2: crossrank fp32 / predict = {ratio:.2f} (>= 1.0): {verdict}")
-    passing = [row for row in rows if row.name not in ("predict", "auto") and "pass" in row.note]
+    # Faithful = passes the fidelity gate on the trained model when one scored the nDCG
+    # table (what precision="auto" checks for its user), else on the timing model.
+    passing = [
+        row
+        for row in rows
+        if row.name not in ("predict", "auto")
+        and (row.name in gate_passed if gate_passed is not None else "pass" in row.note)
+    ]
     if table:
         passing = [
             row
