@@ -53,7 +53,6 @@ VARIANTS = {
     "onnx-int8-mixed": {"precision": "int8-mixed", "runtime": "onnx"},
     "auto": {"precision": "auto"},
 }
-NDCG_DEPTH = 10
 FIRST_STAGE_DEPTH = 30
 NDCG_TOLERANCE = 0.005
 
