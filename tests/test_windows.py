@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from crossrank.errors import InvalidInputError
@@ -68,3 +70,21 @@ def test_a_query_longer_than_the_model_input_leaves_passages_half_the_input(
     result = Reranker(backend).rerank(long_query, [passage, "fish swim"])
     assert result.report.status == "reranked"
     assert sorted(item.input_index for item in result) == [0, 1]
+
+
+def test_measuring_a_long_passage_raises_no_transformers_warning(
+    tiny_cross_encoder_path,  # type: ignore[no-untyped-def]
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from crossrank import ModelRegistry, Reranker
+    from crossrank.backends.cross_encoder import CrossEncoderBackend
+
+    backend = CrossEncoderBackend(
+        str(tiny_cross_encoder_path), max_length=32, registry=ModelRegistry()
+    )
+    passage = " ".join(["dogs bark in the park"] * 40)  # ~200 tokens against a 32-token input
+    assert len(backend.token_spans(passage)) > 32
+    with caplog.at_level(logging.WARNING, logger="transformers"):
+        result = Reranker(backend).rerank("who barks", [passage, "fish swim"])
+    assert result.report.status == "reranked"
+    assert "indexing errors" not in caplog.text

@@ -494,7 +494,11 @@ class CrossEncoderBackend(BaseBackend):
     # -- windowing capability ---------------------------------------------------------------
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
-        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        # A passage longer than the model input is what windowing is for: verbose=False keeps
+        # transformers from warning that running it whole "will result in indexing errors".
+        encoded = self.tokenizer(
+            text, add_special_tokens=False, return_offsets_mapping=True, verbose=False
+        )
         return [tuple(span) for span in encoded["offset_mapping"]]  # type: ignore[misc]
 
     def window_token_budget(self, query: str) -> int | None:
@@ -505,7 +509,9 @@ class CrossEncoderBackend(BaseBackend):
         With it, a long query is the side the tokenizer trims (``longest_first``).
         """
         room = self.model_max_length - _PAIR_SPECIAL_TOKENS
-        query_tokens = len(self.tokenizer(query, add_special_tokens=False)["input_ids"])
+        query_tokens = len(
+            self.tokenizer(query, add_special_tokens=False, verbose=False)["input_ids"]
+        )
         return max(room - query_tokens, room // 2)
 
     # -- scoring ----------------------------------------------------------------------------
