@@ -16,10 +16,12 @@ to a near-constant score, -29 nDCG points below BM25); adapting a trained cross-
 Every number is nDCG@10 (gain 2^rel - 1) of BM25's top-100 reranked by the model, next to
 BM25's own, and of the same lists with the model's scores blended with BM25's
 (``--blend``; by default ``weighted:0.5`` and ``rrf``, the two blend kinds at their default
-weights, fixed before any result was seen). The model is saved to ``<repo>/.cache/reference-reranker`` (gitignored; never
-committed), where the other benchmarks and the README's results table pick it up, together
-with ``crossrank_finetune.json`` (training record, held-out query ids) and
-``reference_results.json`` (all scores and timings).
+weights, fixed before any result was seen), with a paired sign-flip test of each against
+BM25 over all held-out queries pooled. The model is saved to
+``<repo>/.cache/reference-reranker`` (gitignored; never committed), where the other
+benchmarks and the README's results table pick it up, together with
+``crossrank_finetune.json`` (training record, held-out query ids) and
+``reference_results.json`` (all scores, per-query nDCG and timings).
 
 Recipe (the defaults): up to 16 judged positives per training query, 3 negatives each
 sampled from BM25's unjudged top 100 (the depth the evaluation reranks), binary
@@ -30,7 +32,8 @@ Run (offline, about 50 minutes of training plus 10-20 of evaluation on 2 CPU cor
 
     python benchmarks/reference_reranker.py
 
-``--eval-only`` re-scores a saved model (held-out and zero-shot) without training.
+``--eval-only`` re-scores a saved model (held-out and zero-shot) without training;
+``--zero-shot`` with no names skips the zero-shot collections.
 """
 
 from __future__ import annotations
@@ -84,7 +87,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--zero-shot",
-        nargs="+",
+        nargs="*",
         default=list(ZERO_SHOT_COLLECTIONS),
         help="collections never seen in training, evaluated zero-shot",
     )
@@ -133,20 +136,21 @@ def bm25_and_reranked(
     *,
     description: str,
     blends: list[str],
-) -> dict[str, float]:
-    """nDCG@10 of BM25's top 100 for ``query_ids``, of the same lists reranked, and of blends.
+) -> dict[str, dict[str, float]]:
+    """Per-query nDCG@10 of BM25's top 100, of the same lists reranked, and of blends.
 
-    Each blend spec (``crossrank.parse_blend``) fuses BM25's scores with the model's the way
-    ``Reranker(blend=...)`` does, so its column is what that configuration would give.
+    Keys: ``bm25``, ``finetuned`` and each blend spec (``crossrank.parse_blend``), which
+    fuses BM25's scores with the model's the way ``Reranker(blend=...)`` does, so its column
+    is what that configuration would give.
     """
     from crossrank.blend import parse_blend
-    from crossrank.finetune.evaluate import bm25_run, first_stage_run, ndcg_at_10, reranked_run
+    from crossrank.eval.metrics import per_query_metrics
+    from crossrank.finetune.evaluate import bm25_run, first_stage_run, reranked_run
     from crossrank.finetune.miners import BM25Miner
 
     run = first_stage_run(collection, BM25Miner(collection), query_ids, depth=100)
-    first = bm25_run(run)
     reranked = reranked_run(run, scorer, progress=True, description=description)
-    scores = {"bm25": ndcg_at_10(collection, first), "finetuned": ndcg_at_10(collection, reranked)}
+    runs = {"bm25": bm25_run(run), "finetuned": reranked}
     for spec in blends:
         blend = parse_blend(spec)
         assert blend is not None
@@ -159,8 +163,34 @@ def bm25_and_reranked(
                 [reranked[query_id][doc_id] for doc_id in doc_ids],
             )
             blended[query_id] = dict(zip(doc_ids, combined, strict=True))
-        scores[spec] = ndcg_at_10(collection, blended)
-    return scores
+        runs[spec] = blended
+    judged = [query_id for query_id in query_ids if collection.qrels.get(query_id)]
+    per_query = {}
+    for name, found in runs.items():
+        rankings = {
+            query_id: sorted(found[query_id], key=found[query_id].__getitem__, reverse=True)
+            for query_id in judged
+        }
+        per_query[name] = per_query_metrics(collection.qrels, rankings, ["ndcg@10"])["ndcg@10"]
+    return per_query
+
+
+def pooled_tests(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Each column against BM25 over every row's queries pooled (a paired sign-flip test)."""
+    from crossrank.eval.metrics import paired_tests
+
+    pooled: dict[str, dict[str, float]] = {}
+    for row in rows:
+        for name, values in row.get("per_query", {}).items():
+            column = pooled.setdefault(name, {})
+            column.update({f"{row['collection']}/{query}": v for query, v in values.items()})
+    if "bm25" not in pooled:
+        return {}
+    return {
+        name: paired_tests(pooled["bm25"], values)
+        for name, values in pooled.items()
+        if name != "bm25"
+    }
 
 
 def zero_shot(
@@ -184,28 +214,28 @@ def zero_shot(
         query_ids = list(collection.judged_query_ids)
         if len(query_ids) > max_queries:
             query_ids = sorted(random.Random(f"{seed}:{name}").sample(query_ids, max_queries))
-        scores = bm25_and_reranked(
+        per_query = bm25_and_reranked(
             collection, query_ids, scorer, description=f"zero-shot {name}", blends=blends
         )
-        rows.append(
-            _row(name, len(query_ids), scores, blends, seconds=time.perf_counter() - started)
-        )
-        bm25, tuned = scores["bm25"], scores["finetuned"]
+        rows.append(_row(name, per_query, blends, seconds=time.perf_counter() - started))
+        bm25, tuned = rows[-1]["bm25"], rows[-1]["finetuned"]
         print(f"{name}: BM25 {bm25:.3f} -> fine-tuned {tuned:.3f} ({100 * (tuned - bm25):+.1f})")
         yield_partial(model_dir, rows)
     return rows
 
 
 def _row(
-    name: str, queries: int, scores: dict[str, float], blends: list[str], **extra: Any
+    name: str, per_query: dict[str, dict[str, float]], blends: list[str], **extra: Any
 ) -> dict:
+    means = {column: sum(v.values()) / len(v) if v else 0.0 for column, v in per_query.items()}
     return {
         "collection": name,
-        "queries": queries,
-        "bm25": scores["bm25"],
+        "queries": len(per_query["bm25"]),
+        "bm25": means["bm25"],
         **extra,
-        "finetuned": scores["finetuned"],
-        "blends": {spec: scores[spec] for spec in blends},
+        "finetuned": means["finetuned"],
+        "blends": {spec: means[spec] for spec in blends},
+        "per_query": per_query,
     }
 
 
@@ -227,15 +257,16 @@ def rescore_heldout(
     base_by_name = {row["collection"]: row.get("base") for row in payload.get("heldout", [])}
     rows = []
     for name, query_ids in read_heldout_query_ids(model_dir).items():
-        scores = bm25_and_reranked(
+        per_query = bm25_and_reranked(
             load_beir(data_root / name),
             query_ids,
             scorer,
             description=f"held-out {name}",
             blends=blends,
         )
-        rows.append(_row(name, len(query_ids), scores, blends, base=base_by_name.get(name)))
+        rows.append(_row(name, per_query, blends, base=base_by_name.get(name)))
     payload["heldout"] = rows
+    payload["heldout_pooled_tests"] = pooled_tests(rows)
     payload["windowing"] = windowing
     results_path.write_text(json.dumps(payload, indent=2) + "\n")
 
@@ -392,8 +423,17 @@ def main() -> int:
     results_path.write_text(json.dumps(payload, indent=2) + "\n")
     print()
     print(table("Held-out queries of the training collections", payload.get("heldout", [])))
-    print()
-    print(table("Zero-shot on unseen collections", rows))
+    tests = payload.get("heldout_pooled_tests", {})
+    if tests:
+        print("\nAgainst BM25 over all held-out queries pooled (paired sign-flip test):")
+        for name, test in tests.items():
+            print(
+                f"  {name:14s} {100 * test['mean_difference']:+.2f} points over "
+                f"{int(test['queries'])} queries, p = {test['p_randomization']:.4f}"
+            )
+    if rows:
+        print()
+        print(table("Zero-shot on unseen collections", rows))
     print(f"\nmodel: {out}\nresults: {results_path}")
     return 0
 
