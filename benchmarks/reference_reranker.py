@@ -145,7 +145,7 @@ def bm25_and_reranked(
     """
     from crossrank.blend import parse_blend
     from crossrank.eval.metrics import per_query_metrics
-    from crossrank.finetune.evaluate import bm25_run, first_stage_run, reranked_run
+    from crossrank.finetune.evaluate import blended_run, bm25_run, first_stage_run, reranked_run
     from crossrank.finetune.miners import BM25Miner
 
     run = first_stage_run(collection, BM25Miner(collection), query_ids, depth=100)
@@ -154,16 +154,7 @@ def bm25_and_reranked(
     for spec in blends:
         blend = parse_blend(spec)
         assert blend is not None
-        blended = {}
-        for query_id, hits in run.hits.items():
-            doc_ids = [doc_id for doc_id, _score in hits]
-            combined = blend.combine(
-                list(range(1, len(doc_ids) + 1)),
-                [score for _doc_id, score in hits],
-                [reranked[query_id][doc_id] for doc_id in doc_ids],
-            )
-            blended[query_id] = dict(zip(doc_ids, combined, strict=True))
-        runs[spec] = blended
+        runs[spec] = blended_run(run, reranked, blend)
     judged = [query_id for query_id in query_ids if collection.qrels.get(query_id)]
     per_query = {}
     for name, found in runs.items():

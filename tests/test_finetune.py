@@ -424,6 +424,9 @@ def test_cli_finetune_trains_saves_and_reports_heldout_scores(
     assert scores["queries"] == len(split["heldout_query_ids"])
     assert 0.0 <= scores["bm25"] <= 1.0 and 0.0 <= scores["finetuned"] <= 1.0
     assert scores["base"] is not None
+    assert scores["blend"] == "weighted:0.5"
+    assert 0.0 <= scores["blended"] <= 1.0
+    assert "Reranker(blend='weighted:0.5')" in printed
 
 
 def test_cli_rejects_a_missing_data_folder(tmp_path, tiny_cross_encoder_path):
@@ -515,3 +518,33 @@ def test_heldout_scorer_fails_loudly_instead_of_scoring_the_first_stage(tmp_path
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(CrossrankError, match=str(tmp_path)):
         model_scorer(str(tmp_path)).score("q", ["a", "b"])
+
+
+def test_blended_run_fuses_bm25_and_model_scores_as_the_reranker_blend_does(collection):
+    from crossrank.blend import parse_blend
+    from crossrank.finetune.evaluate import FirstStageRun, blended_run
+
+    first_stage = FirstStageRun(
+        collection=collection, hits={"q": [("d1", 9.0), ("d2", 5.0), ("d3", 1.0)]}
+    )
+    model = {"q": {"d1": -2.0, "d2": 0.0, "d3": 4.0}}  # the reverse of BM25's order
+
+    def order(spec: str) -> list[str]:
+        blend = parse_blend(spec)
+        assert blend is not None
+        run = blended_run(first_stage, model, blend)
+        return sorted(run["q"], key=run["q"].__getitem__, reverse=True)
+
+    assert order("weighted:0") == ["d1", "d2", "d3"]
+    assert order("weighted:1") == ["d3", "d2", "d1"]
+    # min-max: BM25 (1, .5, 0), model (0, 1/3, 1); at w=0.75 d3 = .75, d2 = .375, d1 = .25
+    run = blended_run(first_stage, model, parse_blend("weighted:0.75"))  # type: ignore[arg-type]
+    assert run["q"] == pytest.approx({"d1": 0.25, "d2": 0.375, "d3": 0.75})
+
+
+def test_an_unknown_evaluation_blend_is_named_in_the_error():
+    from crossrank.finetune.pipeline import DataConfig
+
+    with pytest.raises(ConfigurationError, match="weighted:7"):
+        DataConfig(eval_blend="weighted:7")
+    assert DataConfig(eval_blend=None).eval_blend is None

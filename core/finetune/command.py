@@ -94,6 +94,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="held-out evaluation reranks BM25's top-N (default 100)",
     )
     parser.add_argument(
+        "--eval-blend",
+        default=_DATA_DEFAULTS.eval_blend,
+        metavar="SPEC",
+        help="also report the model blended with BM25, as Reranker(blend=SPEC) would serve it "
+        "(default weighted:0.5; 'none' to skip)",
+    )
+    parser.add_argument(
         "--no-eval-windowing",
         dest="eval_windowing",
         action="store_false",
@@ -133,19 +140,41 @@ def format_report(report: FinetuneReport) -> str:
     if not report.heldout:
         lines.append("no held-out queries (heldout fraction 0): nothing to compare")
         return "\n".join(lines)
+    blend = next((scores.blend for scores in report.heldout if scores.blend), None)
     lines.append("nDCG@10 on held-out queries, BM25 top-N reranked:")
     header = f"{'collection':<18} {'queries':>7} {'BM25':>7} {'base':>7} {'tuned':>7} {'Δ BM25':>7}"
+    if blend is not None:
+        header += f" {'blend':>7} {'Δ BM25':>7}"
     lines.append(header)
     lines.append("-" * len(header))
 
-    def row(name: str, queries: str, bm25: float, base: float | None, tuned: float) -> str:
+    def cell(value: float | None, bm25: float) -> str:
+        if value is None:
+            return f"{'-':>7} {'-':>7}"
+        return f"{value:7.3f} {100 * (value - bm25):+7.1f}"
+
+    def row(
+        name: str,
+        queries: str,
+        bm25: float,
+        base: float | None,
+        tuned: float,
+        blended: float | None,
+    ) -> str:
         base_text = f"{base:7.3f}" if base is not None else f"{'-':>7}"
-        delta = 100 * (tuned - bm25)
-        return f"{name:<18} {queries:>7} {bm25:7.3f} {base_text} {tuned:7.3f} {delta:+7.1f}"
+        line = f"{name:<18} {queries:>7} {bm25:7.3f} {base_text} {cell(tuned, bm25)}"
+        return line + (f" {cell(blended, bm25)}" if blend is not None else "")
 
     for scores in report.heldout:
         lines.append(
-            row(scores.collection, str(scores.queries), scores.bm25, scores.base, scores.finetuned)
+            row(
+                scores.collection,
+                str(scores.queries),
+                scores.bm25,
+                scores.base,
+                scores.finetuned,
+                scores.blended,
+            )
         )
     if len(report.heldout) > 1:
         total = str(sum(scores.queries for scores in report.heldout))
@@ -156,9 +185,15 @@ def format_report(report: FinetuneReport) -> str:
                 report.mean("bm25") or 0.0,
                 report.mean("base"),
                 report.mean("finetuned") or 0.0,
+                report.mean("blended"),
             )
         )
     lines.append("(Δ BM25 in nDCG points; mean is the macro average over collections)")
+    if blend is not None:
+        lines.append(
+            f"(blend: the tuned model's scores fused with BM25's, as "
+            f"Reranker(blend={blend!r}) serves them; --eval-blend none skips it)"
+        )
     return "\n".join(lines)
 
 
@@ -186,6 +221,7 @@ def run(args: argparse.Namespace) -> int:
         rerank_depth=args.rerank_depth,
         windowing=args.eval_windowing,
         qrels_split=args.qrels_split,
+        eval_blend=None if args.eval_blend.lower() == "none" else args.eval_blend,
     )
     report = finetune(
         args.data, args.out, training=training, data=data, evaluate_base=not args.skip_base_eval

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from crossrank.blend import Blend
 from crossrank.eval.beir import BeirCollection
 from crossrank.eval.metrics import mean_metrics, per_query_metrics
 from crossrank.finetune.miners import BM25Miner
@@ -55,6 +56,24 @@ def ndcg_at_10(collection: BeirCollection, run: Run) -> float:
 
 def bm25_run(first_stage: FirstStageRun) -> Run:
     return {query_id: dict(hits) for query_id, hits in first_stage.hits.items()}
+
+
+def blended_run(first_stage: FirstStageRun, reranked: Run, blend: Blend) -> Run:
+    """``reranked`` fused with BM25's scores exactly as ``Reranker(blend=...)`` fuses them.
+
+    A small fine-tuned model often loses to BM25 alone yet beats it blended (BM25 keeps the
+    exact-term evidence the model has not learned), so the evaluation reports both.
+    """
+    blended: Run = {}
+    for query_id, hits in first_stage.hits.items():
+        doc_ids = [doc_id for doc_id, _score in hits]
+        combined = blend.combine(
+            list(range(1, len(doc_ids) + 1)),
+            [score for _doc_id, score in hits],
+            [reranked[query_id][doc_id] for doc_id in doc_ids],
+        )
+        blended[query_id] = dict(zip(doc_ids, combined, strict=True))
+    return blended
 
 
 def reranked_run(

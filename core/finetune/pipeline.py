@@ -16,10 +16,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crossrank.errors import ConfigurationError
+from crossrank.blend import Blend, parse_blend
+from crossrank.errors import ConfigurationError, InvalidInputError
 from crossrank.eval.beir import BeirCollection, load_beir
 from crossrank.finetune.evaluate import (
     FirstStageRun,
+    blended_run,
     bm25_run,
     first_stage_run,
     model_scorer,
@@ -64,10 +66,16 @@ class DataConfig:
     #: score long documents in token windows (the ``Reranker`` default) when evaluating
     windowing: bool = True
     qrels_split: str = "test"
+    #: also evaluate the model blended with BM25 (a ``Reranker(blend=...)`` spec; None: skip)
+    eval_blend: str | None = "weighted:0.5"
 
     def __post_init__(self) -> None:
         if self.rerank_depth < 10:
             raise ConfigurationError(f"rerank_depth must be >= 10, got {self.rerank_depth!r}")
+        try:
+            parse_blend(self.eval_blend)
+        except InvalidInputError as exc:
+            raise ConfigurationError(f"eval_blend: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,9 @@ class HeldoutScores:
     bm25: float
     base: float | None
     finetuned: float
+    #: the fine-tuned model blended with BM25 (``blend``), when that was evaluated
+    blended: float | None = None
+    blend: str | None = None
 
 
 @dataclass
@@ -140,20 +151,22 @@ def _evaluate(
     label: str,
     *,
     windowing: bool,
-) -> list[float]:
+    blend: Blend | None = None,
+) -> list[tuple[float, float | None]]:
+    """nDCG@10 per run of the model alone and, with ``blend``, of the model blended."""
     scorer = model_scorer(model_path, device=training.device, windowing=windowing)
-    return [
-        ndcg_at_10(
-            run.collection,
-            reranked_run(
-                run,
-                scorer,
-                progress=training.progress,
-                description=f"{label} {run.collection.name}",
-            ),
+    scores: list[tuple[float, float | None]] = []
+    for run in runs:
+        reranked = reranked_run(
+            run, scorer, progress=training.progress, description=f"{label} {run.collection.name}"
         )
-        for run in runs
-    ]
+        blended = (
+            ndcg_at_10(run.collection, blended_run(run, reranked, blend))
+            if blend is not None
+            else None
+        )
+        scores.append((ndcg_at_10(run.collection, reranked), blended))
+    return scores
 
 
 def finetune(
@@ -209,9 +222,12 @@ def finetune(
         phase = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="crossrank-base-") as scratch:
             save_model(model, Path(scratch))
-            base_scores = _evaluate(
-                heldout_runs, scratch, training, "base", windowing=data.windowing
-            )
+            base_scores = [
+                alone
+                for alone, _blended in _evaluate(
+                    heldout_runs, scratch, training, "base", windowing=data.windowing
+                )
+            ]
         seconds["evaluate_base"] = time.perf_counter() - phase
 
     log(
@@ -226,18 +242,27 @@ def finetune(
     heldout: list[HeldoutScores] = []
     if heldout_runs:
         phase = time.perf_counter()
+        blend = parse_blend(data.eval_blend)
         tuned_scores = _evaluate(
-            heldout_runs, str(out_path), training, "fine-tuned", windowing=data.windowing
+            heldout_runs,
+            str(out_path),
+            training,
+            "fine-tuned",
+            windowing=data.windowing,
+            blend=blend,
         )
         seconds["evaluate_finetuned"] = time.perf_counter() - phase
         for position, run in enumerate(heldout_runs):
+            alone, blended = tuned_scores[position]
             heldout.append(
                 HeldoutScores(
                     collection=run.collection.name,
                     queries=len(run.hits),
                     bm25=ndcg_at_10(run.collection, bm25_run(run)),
                     base=base_scores[position] if base_scores is not None else None,
-                    finetuned=tuned_scores[position],
+                    finetuned=alone,
+                    blended=blended,
+                    blend=getattr(blend, "spec", None),
                 )
             )
     seconds["total"] = time.perf_counter() - started
