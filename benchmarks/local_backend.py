@@ -72,9 +72,15 @@ class Row:
 
 
 def build_backends(
-    path: str, names: list[str], *, cache_dir: str, token_budget: int | None, threads: int | None
+    path: str,
+    names: list[str],
+    *,
+    cache_dir: str,
+    token_budget: int | None,
+    threads: int | None,
+    registry: ModelRegistry | None = None,
 ) -> tuple[dict[str, CrossEncoderBackend], dict[str, float]]:
-    registry = ModelRegistry()
+    registry = registry if registry is not None else ModelRegistry()
     backends: dict[str, CrossEncoderBackend] = {}
     rss: dict[str, float] = {}
     for name in names:
@@ -145,15 +151,25 @@ def ndcg_table(
 
 
 def gate_on_model(
-    model: str, backends: dict[str, CrossEncoderBackend], *, cache_dir: str
+    model: str,
+    backends: dict[str, CrossEncoderBackend],
+    *,
+    cache_dir: str,
+    registry: ModelRegistry,
 ) -> set[str]:
     """Variants that pass the fidelity gate for ``model``, as ``precision="auto"`` checks it.
 
     The timing model has an untrained head, so its scores are nearly ties and any rounding
-    reorders them; a user's trained model is what the gate really runs on.
+    reorders them; a user's trained model is what the gate really runs on. ``registry`` is
+    the one ``backends`` were built on, so the gate reuses their loaded variants.
     """
     auto = CrossEncoderBackend(
-        model, precision="auto", device="cpu", cache_dir=cache_dir, local_files_only=True
+        model,
+        precision="auto",
+        device="cpu",
+        cache_dir=cache_dir,
+        local_files_only=True,
+        registry=registry,
     )
     auto.load()
     selection = auto.selection
@@ -307,14 +323,18 @@ def main(argv: list[str] | None = None) -> int:
         ndcg_model = args.ndcg_model or reference_model()
         if ndcg_model is not None and ndcg_model != path:
             print(f"  model: {ndcg_model}")
+            ndcg_registry = ModelRegistry()
             ndcg_backends, _ = build_backends(
                 ndcg_model,
                 [name for name in args.variants if name != "auto"],
                 cache_dir=cache_dir,
                 token_budget=args.token_budget,
                 threads=args.threads,
+                registry=ndcg_registry,
             )
-            gate_passed = gate_on_model(ndcg_model, ndcg_backends, cache_dir=cache_dir)
+            gate_passed = gate_on_model(
+                ndcg_model, ndcg_backends, cache_dir=cache_dir, registry=ndcg_registry
+            )
         table = ndcg_table(ndcg_backends, queries_per_collection=args.ndcg_queries, seed=args.seed)
         if table and "torch-fp32" in ndcg_backends:
             print("\nnDCG@10 difference from torch-fp32 (worst collection):")
