@@ -49,6 +49,7 @@ VARIANTS = {
     "torch-fp32": {"precision": "fp32", "runtime": "torch"},
     "torch-bf16": {"precision": "bf16", "runtime": "torch"},
     "onnx-fp32": {"precision": "fp32", "runtime": "onnx"},
+    "torch-int8": {"precision": "int8", "runtime": "torch"},
     "onnx-int8": {"precision": "int8", "runtime": "onnx"},
     "onnx-int8-mixed": {"precision": "int8-mixed", "runtime": "onnx"},
     "auto": {"precision": "auto"},

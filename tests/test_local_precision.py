@@ -293,7 +293,7 @@ def test_kendall_tau_and_overlap() -> None:
     [
         ({"precision": "int4"}, "int4"),
         ({"runtime": "tensorrt"}, "tensorrt"),
-        ({"precision": "int8", "runtime": "torch"}, "runtime='onnx'"),
+        ({"precision": "int8-mixed", "runtime": "torch"}, "runtime='onnx'"),
         ({"precision": "bf16", "runtime": "onnx"}, "bf16"),
         ({"precision": "auto", "runtime": "onnx"}, "auto"),
         ({"num_threads": 0}, "num_threads"),

@@ -30,7 +30,10 @@ _PRECISION_ALIASES = {
 class Variant:
     """One concrete way to run the model.
 
-    ``quantization`` is ``None`` for float variants; ``"dynamic"`` quantizes every linear
+    ``quantization`` is ``None`` for float variants; ``"token"`` (torch) quantizes the
+    encoder's linear layers to int8 with one activation scale per token, after smoothing
+    outlier channels into the weights (:mod:`crossrank.backends.token_int8`);
+    ``"dynamic"`` (ONNX Runtime) quantizes every linear
     layer's weights per channel and its activations per batch at run time; ``"dynamic-mixed"``
     quantizes only the plain linear layers and keeps in fp32 the fused attention (QKV
     projection and softmax) and each feed-forward block's down-projection, whose input (after
@@ -51,6 +54,7 @@ class Variant:
 
 
 FP32_TORCH = Variant("torch", "fp32")
+TORCH_INT8 = Variant("torch", "int8", "token")
 
 
 def parse_variant(
@@ -60,8 +64,9 @@ def parse_variant(
 
     ``check_hardware=False`` validates names only (no torch import), for constructors.
     ``precision="auto"`` is not resolved here (it needs a calibration run); callers check it
-    first. ``runtime="auto"`` means torch for float precisions and ONNX Runtime for int8 (the
-    only runtime crossrank quantizes with).
+    first. ``runtime="auto"`` means torch for float precisions and ONNX Runtime for int8.
+    ``precision="int8"`` with ``runtime="torch"`` is the per-token int8 variant; it needs a
+    torch with a CPU int8 matmul, and ``"int8-mixed"`` is an ONNX Runtime recipe only.
     """
     if not isinstance(precision, str):
         raise ConfigurationError(f"precision must be a string, got {precision!r}")
@@ -74,12 +79,20 @@ def parse_variant(
         raise ConfigurationError(f"unknown runtime {runtime!r}; expected one of {list(RUNTIMES)}")
     on_gpu = device.startswith(("cuda", "mps"))
     if name.startswith("int8"):
-        if runtime == "torch":
-            raise ConfigurationError(
-                f"precision {precision!r} needs runtime='onnx' (torch int8 is not supported)"
-            )
         if on_gpu:
             raise ConfigurationError(f"precision {precision!r} runs on CPU only, not {device!r}")
+        if runtime == "torch":
+            if name != "int8":
+                raise ConfigurationError(
+                    f"precision {precision!r} needs runtime='onnx'; with runtime='torch' use "
+                    "precision='int8' (per-token int8)"
+                )
+            if check_hardware and not torch_int8_supported():
+                raise ConfigurationError(
+                    "precision 'int8' with runtime='torch' needs a torch with a CPU int8 "
+                    "matmul (torch._int_mm); use runtime='onnx'"
+                )
+            return TORCH_INT8
         quantization = "dynamic" if name == "int8" else "dynamic-mixed"
         return Variant("onnx", name, quantization)
     resolved_runtime = "torch" if runtime == "auto" else runtime
@@ -98,6 +111,16 @@ def parse_variant(
     if name == "fp16" and not on_gpu:
         raise ConfigurationError(f"precision 'fp16' is for GPUs; on {device!r} use 'bf16'")
     return Variant(resolved_runtime, name)
+
+
+@functools.lru_cache(maxsize=1)
+def torch_int8_supported() -> bool:
+    """True when torch can multiply int8 matrices on this CPU (``torch._int_mm``)."""
+    try:
+        from crossrank.backends.token_int8 import int8_matmul_available
+    except ImportError:
+        return False
+    return int8_matmul_available()
 
 
 @functools.lru_cache(maxsize=1)
@@ -122,16 +145,17 @@ def cpu_supports_bf16() -> bool:
 def auto_candidates(device: str) -> list[Variant]:
     """Variants ``precision="auto"`` tries, fastest first on the given device.
 
-    The order comes from ``benchmarks/local_backend.py`` on an AVX-512 CPU: int8 kernels
-    (VNNI) beat bf16, which beats fused fp32 ONNX, which beats fp32 torch. The fp32 torch
-    reference always passes and ends the list.
+    The order comes from ``benchmarks/local_backend.py`` on an AVX-512 CPU: ONNX Runtime's
+    per-tensor int8 beats torch's per-token int8, which beats bf16 and mixed int8, which beat
+    fused fp32 ONNX, which beats fp32 torch. The fp32 torch reference always passes and ends
+    the list.
     """
     if device.startswith(("cuda", "mps")):
         return [Variant("torch", "fp16"), FP32_TORCH]
-    candidates = [
-        Variant("onnx", "int8", "dynamic"),
-        Variant("onnx", "int8-mixed", "dynamic-mixed"),
-    ]
+    candidates = [Variant("onnx", "int8", "dynamic")]
+    if torch_int8_supported():
+        candidates.append(TORCH_INT8)
+    candidates.append(Variant("onnx", "int8-mixed", "dynamic-mixed"))
     if cpu_supports_bf16():
         candidates.append(Variant("torch", "bf16"))
     candidates.append(Variant("onnx", "fp32"))

@@ -1,0 +1,178 @@
+"""Per-token int8 for torch: the linear layer's arithmetic, smoothing, and the backend variant.
+
+Tolerances: an int8 linear on unit-scale inputs is within about 1% of fp32 (255 levels per
+token, 255 per output channel); the tiny 2-layer BERT's logits (order 0.1) stay within 0.1
+of fp32, as for ONNX int8.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from crossrank import ModelRegistry
+from crossrank.backends.cross_encoder import CrossEncoderBackend
+from crossrank.backends.precision import parse_variant, torch_int8_supported
+from crossrank.errors import ConfigurationError
+
+torch = pytest.importorskip("torch")
+if not torch_int8_supported():
+    pytest.skip("this torch has no CPU int8 matmul (torch._int_mm)", allow_module_level=True)
+
+from crossrank.backends.token_int8 import (  # noqa: E402
+    CompiledForward,
+    TokenInt8Linear,
+    activation_ranges,
+    quantize_encoder,
+)
+
+QUERY = "refunds for digital downloads"
+PASSAGES = [
+    "refunds for physical goods are issued within fourteen days of the return",
+    "refunds for digital downloads are only possible before the file is opened",
+    "shipping to europe takes five to seven business days",
+    "",
+    "the warranty covers manufacturing defects for two years " * 30,
+    "paris is the capital of france",
+]
+
+
+def _linear(in_features: int = 64, out_features: int = 48, seed: int = 0) -> torch.nn.Linear:
+    torch.manual_seed(seed)
+    return torch.nn.Linear(in_features, out_features)
+
+
+def _relative_error(expected: torch.Tensor, actual: torch.Tensor) -> float:
+    return float((expected - actual).detach().norm() / expected.detach().norm())
+
+
+def test_int8_linear_tracks_fp32() -> None:
+    linear = _linear()
+    inputs = torch.randn(3, 10, 64)
+    expected = linear(inputs)
+    actual = TokenInt8Linear(linear)(inputs)
+    assert actual.shape == expected.shape
+    assert _relative_error(expected, actual) < 0.02
+
+
+def test_each_token_is_scaled_alone() -> None:
+    """A huge token beside a small one leaves the small one's output as it was alone."""
+    layer = TokenInt8Linear(_linear())
+    small = torch.randn(1, 64) * 0.01
+    huge = torch.randn(1, 64) * 1000.0
+    alone = layer(small)
+    together = layer(torch.cat([small, huge]))
+    assert torch.equal(together[:1], alone)
+    assert _relative_error(_linear()(small), alone) < 0.02
+
+
+def test_one_sided_inputs_use_the_whole_range() -> None:
+    """Inputs in [5, 6] round on their own range's grid, not on one centred at zero."""
+    layer = TokenInt8Linear(_linear(seed=1))
+    weights = layer.weight_int8.float() * layer.weight_scale  # the int8 weights, as floats
+    inputs = torch.rand(200, 64) + 5.0
+    exact_inputs = inputs @ weights + layer.bias
+    step = inputs.abs().amax(dim=1, keepdim=True) / 127  # a zero-centred grid per token
+    zero_centred = torch.round(inputs / step) * step @ weights + layer.bias
+    ours = layer(inputs)
+    assert _relative_error(exact_inputs, ours) < _relative_error(exact_inputs, zero_centred) / 4
+
+
+def test_smoothing_is_exact_in_fp32_and_helps_with_outlier_channels() -> None:
+    linear = _linear(seed=2)
+    inputs = torch.randn(400, 64)
+    inputs[:, 5] *= 60.0  # one outlier channel, as BERT LayerNorm outputs have
+    expected = linear(inputs)
+    plain = TokenInt8Linear(linear)
+    scale = inputs.abs().amax(dim=0).sqrt() / linear.weight.abs().amax(dim=0).sqrt()
+    smoothed = TokenInt8Linear(linear, input_scale=scale)
+    # The smoothing itself changes nothing: (x / s) @ (W * s)^T == x @ W^T.
+    folded = (inputs * smoothed.inverse_input_scale) @ (linear.weight * scale).T + linear.bias
+    assert torch.allclose(folded, expected, atol=1e-3)
+    assert _relative_error(expected, smoothed(inputs)) < _relative_error(expected, plain(inputs))
+
+
+def test_quantize_encoder_keeps_head_in_fp32(tiny_cross_encoder_path: Path) -> None:
+    from sentence_transformers import CrossEncoder
+
+    network = CrossEncoder(str(tiny_cross_encoder_path), device="cpu").model
+    features = CrossEncoder(str(tiny_cross_encoder_path), device="cpu").tokenizer(
+        [QUERY] * len(PASSAGES), PASSAGES, padding=True, truncation=True, return_tensors="pt"
+    )
+    ranges = activation_ranges(network, [dict(features)])
+    encoder_linears = [
+        name
+        for name, module in network.named_modules()
+        if isinstance(module, torch.nn.Linear) and ".encoder." in name
+    ]
+    assert set(ranges) == {name for name in encoder_linears}
+    assert quantize_encoder(network, ranges) == len(encoder_linears)
+    kinds = {name: type(module).__name__ for name, module in network.named_modules()}
+    assert all(kinds[name] == "TokenInt8Linear" for name in encoder_linears)
+    assert kinds["classifier"] == "Linear"
+    with pytest.raises(ValueError, match="smoothing"):
+        quantize_encoder(network, ranges, smoothing=1.5)
+
+
+def _fp32_scores(path: Path) -> list[float]:
+    return CrossEncoderBackend(str(path), registry=ModelRegistry()).score(QUERY, PASSAGES)
+
+
+def test_torch_int8_variant_tracks_fp32(tiny_cross_encoder_path: Path) -> None:
+    backend = CrossEncoderBackend(
+        str(tiny_cross_encoder_path),
+        precision="int8",
+        runtime="torch",
+        compile=False,
+        registry=ModelRegistry(),
+    )
+    scores = backend.score(QUERY, PASSAGES)
+    assert backend.variant.label == "torch-int8"
+    assert np.allclose(scores, _fp32_scores(tiny_cross_encoder_path), atol=0.1)
+    assert backend.score(QUERY, PASSAGES[:1]) == pytest.approx(scores[:1], abs=1e-5)
+
+
+def test_compiled_int8_equals_eager_int8_for_every_batch_shape(
+    tiny_cross_encoder_path: Path,
+) -> None:
+    registry = ModelRegistry()
+    options = {"precision": "int8", "runtime": "torch", "registry": registry, "batch_size": 4}
+    eager = CrossEncoderBackend(str(tiny_cross_encoder_path), compile=False, **options)
+    compiled = CrossEncoderBackend(str(tiny_cross_encoder_path), compile=True, **options)
+    assert eager.load() is not compiled.load(), "compiled and eager are separate copies"
+    for texts in (PASSAGES, PASSAGES[:1], PASSAGES[2:5]):  # batch sizes 4 + 2, 1, 3
+        assert np.allclose(eager.score(QUERY, texts), compiled.score(QUERY, texts), atol=1e-4)
+
+
+def test_compiled_forward_falls_back_to_eager_when_compiling_fails(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Network(torch.nn.Module):
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            return input_ids * 2
+
+    def broken_compile(*_args: object, **_kwargs: object) -> object:
+        def fail(**_features: object) -> None:
+            raise RuntimeError("no C++ compiler")
+
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    forward = CompiledForward(Network())
+    ids = torch.ones(2, 3, dtype=torch.long)
+    with caplog.at_level("WARNING"):
+        assert torch.equal(forward(input_ids=ids), ids * 2)
+    assert "no C++ compiler" in caplog.text
+    assert torch.equal(forward(input_ids=ids), ids * 2)
+
+
+@pytest.mark.parametrize(
+    ("precision", "runtime", "fragment"),
+    [("int8-mixed", "torch", "runtime='onnx'"), ("int8", "torch", "CPU only")],
+)
+def test_torch_int8_bad_combinations(precision: str, runtime: str, fragment: str) -> None:
+    device = "cuda" if fragment == "CPU only" else "cpu"
+    with pytest.raises(ConfigurationError, match=fragment):
+        parse_variant(precision, runtime, device=device)
