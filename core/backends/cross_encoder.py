@@ -10,9 +10,8 @@ and long ones in small), and handed to a runner for the chosen variant:
 - ``"bf16"`` (CPUs with native bf16) / ``"fp16"`` (GPUs), torch;
 - ``runtime="onnx"``, fp32: ONNX Runtime on a fused graph exported once and cached on disk;
 - ``"int8"`` / ``"int8-mixed"``: ONNX Runtime with dynamic int8 quantization;
-- ``"int8"`` with ``runtime="torch"``: int8 matmuls with one activation scale per token
-  (and per group of channels), compiled with ``torch.compile``
-  (:mod:`crossrank.backends.token_int8`);
+- ``"int8"`` with ``runtime="torch"``: int8 matmuls with one activation scale per token,
+  compiled with ``torch.compile`` (:mod:`crossrank.backends.token_int8`);
 - ``"auto"``: the fastest variant whose ranking agrees with fp32 on a calibration sample
   (see :mod:`crossrank.backends.fidelity`); the choice and its evidence are kept in
   :attr:`CrossEncoderBackend.selection`.
@@ -402,7 +401,8 @@ class CrossEncoderBackend(BaseBackend):
         """A private fp32 copy of the model, its encoder quantized in place, then compiled.
 
         The copy is private because quantizing rewrites its layers; the fp32 weights it
-        replaces are freed, so the variant costs about a quarter of an fp32 copy. Smoothing
+        replaces are freed, so its weights take about a quarter of an fp32 copy (the compiler's
+        own state adds a few hundred MB: 460 MB of RSS for MiniLM in the benchmark). Smoothing
         factors come from activation ranges on the calibration sample (the bundled demo by
         default): outlier channels belong to the model, not to the text, so a generic sample
         finds them. Warm-up runs here, so compiling is paid at load, not by a request.
