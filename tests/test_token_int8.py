@@ -16,6 +16,7 @@ from crossrank import ModelRegistry
 from crossrank.backends.cross_encoder import CrossEncoderBackend
 from crossrank.backends.precision import parse_variant, torch_int8_supported
 from crossrank.errors import ConfigurationError
+from tests.test_local_precision import PASSAGES, QUERY
 
 torch = pytest.importorskip("torch")
 if not torch_int8_supported():
@@ -27,16 +28,6 @@ from crossrank.backends.token_int8 import (  # noqa: E402
     activation_ranges,
     quantize_encoder,
 )
-
-QUERY = "refunds for digital downloads"
-PASSAGES = [
-    "refunds for physical goods are issued within fourteen days of the return",
-    "refunds for digital downloads are only possible before the file is opened",
-    "shipping to europe takes five to seven business days",
-    "",
-    "the warranty covers manufacturing defects for two years " * 30,
-    "paris is the capital of france",
-]
 
 
 def _linear(in_features: int = 64, out_features: int = 48, seed: int = 0) -> torch.nn.Linear:
@@ -142,7 +133,7 @@ def test_compiled_int8_equals_eager_int8_for_every_batch_shape(
     eager = CrossEncoderBackend(str(tiny_cross_encoder_path), compile=False, **options)
     compiled = CrossEncoderBackend(str(tiny_cross_encoder_path), compile=True, **options)
     assert eager.load() is not compiled.load(), "compiled and eager are separate copies"
-    for texts in (PASSAGES, PASSAGES[:1], PASSAGES[2:5]):  # batch sizes 4 + 2, 1, 3
+    for texts in (PASSAGES, PASSAGES[:1], PASSAGES[2:5]):  # batches of 4 + 4, 1, 3
         assert np.allclose(eager.score(QUERY, texts), compiled.score(QUERY, texts), atol=1e-4)
 
 
