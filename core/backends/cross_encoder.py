@@ -425,22 +425,26 @@ class CrossEncoderBackend(BaseBackend):
         )
         network = _network(cross_encoder)
         tokenizer = cross_encoder.tokenizer
+        encoded = _encode_pairs(
+            tokenizer,
+            [query for query, texts in sample for _ in texts],
+            [text for _, texts in sample for text in texts],
+            max_length=_input_limit(tokenizer, self.max_length),
+        )
         batches = []
-        for query, texts in sample:
-            for start in range(0, len(texts), 16):
-                chunk = list(texts[start : start + 16])
-                batches.append(
-                    dict(
-                        tokenizer(
-                            [query] * len(chunk),
-                            chunk,
-                            truncation=True,
-                            max_length=_input_limit(tokenizer, self.max_length),
-                            padding=True,
-                            return_tensors="pt",
-                        )
-                    )
-                )
+        start = 0
+        for _, texts in sample:  # each query's texts in order, 16 pairs per pass
+            for first in range(start, start + len(texts), 16):
+                chunk = np.arange(first, min(first + 16, start + len(texts)))
+                ids, mask, types = _pad(encoded, chunk, tokenizer.pad_token_id or 0)
+                features = {
+                    "input_ids": torch.from_numpy(ids),
+                    "attention_mask": torch.from_numpy(mask),
+                }
+                if types is not None:
+                    features["token_type_ids"] = torch.from_numpy(types)
+                batches.append(features)
+            start += len(texts)
         quantize_encoder(network, activation_ranges(network, batches))
         forward = CompiledForward(network, enabled=self.compile)
         with torch.inference_mode():
@@ -569,10 +573,7 @@ class CrossEncoderBackend(BaseBackend):
         if self.max_length:
             return int(self.max_length)
         self.load()
-        limit = getattr(self._tokenizer, "model_max_length", None)
-        if not isinstance(limit, int) or limit > 100_000:  # "no limit" sentinel
-            return 512
-        return int(limit)
+        return _input_limit(self._tokenizer, None)
 
     # -- windowing capability ---------------------------------------------------------------
 
@@ -684,16 +685,7 @@ class CrossEncoderBackend(BaseBackend):
         return scores.tolist()  # type: ignore[no-any-return]
 
     def _encode(self, queries: Sequence[str], texts: Sequence[str]) -> _Encoded:
-        encoded = self._tokenizer(
-            list(queries),
-            list(texts),
-            padding=False,
-            truncation="longest_first",
-            max_length=self.model_max_length,
-        )
-        input_ids: list[list[int]] = encoded["input_ids"]
-        lengths = np.fromiter((len(ids) for ids in input_ids), dtype=np.int64, count=len(input_ids))
-        return _Encoded(input_ids, encoded.get("token_type_ids"), lengths)
+        return _encode_pairs(self._tokenizer, queries, texts, max_length=self.model_max_length)
 
     def _batches(self, order: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
         """Consecutive slices of the length-sorted order, capped by count and token budget.
@@ -731,11 +723,27 @@ class CrossEncoderBackend(BaseBackend):
         return logits[:, self.label_index]
 
 
+def _encode_pairs(
+    tokenizer: Any, queries: Sequence[str], texts: Sequence[str], *, max_length: int
+) -> _Encoded:
+    """Tokenize pairs once, unpadded; batches are padded later, each to its own longest."""
+    encoded = tokenizer(
+        list(queries),
+        list(texts),
+        padding=False,
+        truncation="longest_first",
+        max_length=max_length,
+    )
+    input_ids: list[list[int]] = encoded["input_ids"]
+    lengths = np.fromiter((len(ids) for ids in input_ids), dtype=np.int64, count=len(input_ids))
+    return _Encoded(input_ids, encoded.get("token_type_ids"), lengths)
+
+
 def _pad(
     encoded: _Encoded, batch: np.ndarray, pad_id: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Right-pad one batch to its longest pair (the first, since batches are length-sorted)."""
-    width = int(encoded.lengths[batch[0]])
+    """Right-pad one batch to its longest pair."""
+    width = int(encoded.lengths[batch].max())
     ids = np.full((len(batch), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(batch), width), dtype=np.int64)
     types = np.zeros((len(batch), width), dtype=np.int64) if encoded.token_type_ids else None
@@ -749,7 +757,8 @@ def _pad(
 
 
 def _input_limit(tokenizer: Any, max_length: int | None) -> int:
-    """Tokens per pair the model takes: ``max_length`` if set, else the tokenizer's limit."""
+    """Tokens per pair the model takes: ``max_length`` if set, else the tokenizer's limit
+    (512 when the tokenizer reports its "no limit" sentinel)."""
     limit = max_length or getattr(tokenizer, "model_max_length", None)
     return int(limit) if isinstance(limit, int) and limit <= 100_000 else 512
 
