@@ -14,7 +14,12 @@ import pytest
 
 from crossrank import ModelRegistry
 from crossrank.backends.cross_encoder import CrossEncoderBackend
-from crossrank.backends.precision import parse_variant, torch_int8_supported
+from crossrank.backends.precision import (
+    TORCH_INT8,
+    auto_candidates,
+    parse_variant,
+    torch_int8_supported,
+)
 from crossrank.errors import ConfigurationError
 from tests.test_local_precision import PASSAGES, QUERY
 
@@ -23,8 +28,10 @@ if not torch_int8_supported():
     pytest.skip("this torch has no CPU int8 matmul (torch._int_mm)", allow_module_level=True)
 
 from crossrank.backends.token_int8 import (  # noqa: E402
+    MAX_OUTLIERS,
     CompiledForward,
     TokenInt8Linear,
+    _outlier_channels,
     activation_ranges,
     quantize_encoder,
 )
@@ -83,6 +90,43 @@ def test_smoothing_is_exact_in_fp32_and_helps_with_outlier_channels() -> None:
     folded = (inputs * smoothed.inverse_input_scale) @ (linear.weight * scale).T + linear.bias
     assert torch.allclose(folded, expected, atol=1e-3)
     assert _relative_error(expected, smoothed(inputs)) < _relative_error(expected, plain(inputs))
+
+
+def test_outlier_channels_bypass_the_int8_grid() -> None:
+    linear = _linear(seed=3)
+    inputs = torch.randn(400, 64)
+    inputs[:, 7] *= 60.0
+    expected = linear(inputs)
+    plain = TokenInt8Linear(linear)
+    bypassed = TokenInt8Linear(linear, outlier_channels=[7])
+    assert bypassed.outlier_channels == (7,)
+    plain_error = _relative_error(expected, plain(inputs))
+    assert _relative_error(expected, bypassed(inputs)) < plain_error / 4
+    # The outlier's own contribution is fp32 arithmetic, not rounded: alone, it is exact.
+    only_outlier = torch.zeros(3, 64)
+    only_outlier[:, 7] = torch.tensor([-90.0, 0.5, 123.0])
+    assert torch.allclose(bypassed(only_outlier), linear(only_outlier), atol=1e-4)
+
+
+def test_outlier_channels_are_the_few_far_above_the_median() -> None:
+    ranges = torch.ones(64)
+    ranges[3], ranges[9], ranges[20] = 30.0, 12.0, 5.0
+    assert _outlier_channels(ranges, 8.0) == [3, 9]
+    assert _outlier_channels(ranges, 4.0) == [3, 9, 20]
+    assert _outlier_channels(torch.ones(64), 8.0) == []
+    many = torch.ones(64)
+    many[: MAX_OUTLIERS + 3] = torch.arange(MAX_OUTLIERS + 3, dtype=torch.float32) + 20.0
+    assert len(_outlier_channels(many, 8.0)) == MAX_OUTLIERS
+    assert _outlier_channels(many, 8.0)[0] == MAX_OUTLIERS + 2  # the largest first
+
+
+def test_compiled_outlier_bypass_equals_eager() -> None:
+    layer = TokenInt8Linear(_linear(seed=4), outlier_channels=[1, 30])
+    inputs = torch.randn(2, 9, 64)
+    inputs[..., 30] *= 50.0
+    compiled = torch.compile(layer, dynamic=True)
+    with torch.inference_mode():
+        assert torch.allclose(compiled(inputs), layer(inputs), atol=1e-4)
 
 
 def test_quantize_encoder_keeps_head_in_fp32(tiny_cross_encoder_path: Path) -> None:
@@ -167,3 +211,8 @@ def test_torch_int8_bad_combinations(precision: str, runtime: str, fragment: str
     device = "cuda" if fragment == "CPU only" else "cpu"
     with pytest.raises(ConfigurationError, match=fragment):
         parse_variant(precision, runtime, device=device)
+
+
+def test_auto_tries_torch_int8_only_when_it_will_be_compiled() -> None:
+    assert TORCH_INT8 in auto_candidates("cpu")
+    assert TORCH_INT8 not in auto_candidates("cpu", compiled=False)

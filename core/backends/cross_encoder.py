@@ -507,7 +507,7 @@ class CrossEncoderBackend(BaseBackend):
         from crossrank.backends.onnx_export import cache_root
 
         root = cache_root(self.cache_dir)
-        labels = [candidate.label for candidate in auto_candidates(device)]
+        labels = [candidate.label for candidate in auto_candidates(device, compiled=self.compile)]
         key = choice_key(
             model=self.model,
             revision=self.revision,
@@ -530,7 +530,7 @@ class CrossEncoderBackend(BaseBackend):
         reference_backend = self._sibling(FP32_TORCH)
         reference = [reference_backend.score(query, texts) for query, texts in sample]
         agreements = []
-        for candidate in auto_candidates(device):
+        for candidate in auto_candidates(device, compiled=self.compile):
             if candidate == FP32_TORCH:
                 break
             try:

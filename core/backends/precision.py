@@ -142,18 +142,19 @@ def cpu_supports_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def auto_candidates(device: str) -> list[Variant]:
+def auto_candidates(device: str, *, compiled: bool = True) -> list[Variant]:
     """Variants ``precision="auto"`` tries, fastest first on the given device.
 
     The order comes from ``benchmarks/local_backend.py`` on an AVX-512 CPU: ONNX Runtime's
     per-tensor int8 beats torch's per-token int8, which beats bf16 and mixed int8, which beat
     fused fp32 ONNX, which beats fp32 torch. The fp32 torch reference always passes and ends
-    the list.
+    the list. Torch int8 is fast only when compiled (eager, it is slower than fp32), so
+    ``compiled=False`` leaves it out.
     """
     if device.startswith(("cuda", "mps")):
         return [Variant("torch", "fp16"), FP32_TORCH]
     candidates = [Variant("onnx", "int8", "dynamic")]
-    if torch_int8_supported():
+    if compiled and torch_int8_supported():
         candidates.append(TORCH_INT8)
     candidates.append(Variant("onnx", "int8-mixed", "dynamic-mixed"))
     if cpu_supports_bf16():

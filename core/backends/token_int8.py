@@ -6,7 +6,11 @@ LayerNorm output has) coarsens every other token's rounding. On the trained Mini
 cross-encoder that moved rankings too far for the fidelity gate (Kendall tau about 0.89
 against fp32). Here each token gets its own scale, and the LayerNorm outlier channels are
 first shrunk by a per-channel factor that is folded into the weights (SmoothQuant), fitted
-once at load time from activation ranges on a calibration sample.
+once at load time from activation ranges on a calibration sample. Smoothing cannot tame the
+few channels that stay far above the rest (one GELU channel feeding MiniLM's first
+down-projection reaches 28x the median after it); those bypass the int8 grid as fp32
+columns (LLM.int8()'s decomposition, at most four channels per layer), which lifted the
+worst calibration query's Kendall tau on the reference model from 0.947 to 0.958.
 
 Only the encoder's linear layers are quantized; the pooler and classifier read one token
 per pair, cost nothing, and amplify every rounding error into the score, so they stay fp32.
@@ -31,6 +35,12 @@ logger = logging.getLogger(__name__)
 #: 84 queries sampled from the shared collections: 0.3 -> 0.956, 0.4 -> 0.970, 0.5 -> 0.976,
 #: 0.8 -> 0.965).
 DEFAULT_SMOOTHING = 0.5
+#: A channel stays fp32 when its smoothed range exceeds this many medians. On the reference
+#: model 8 and 4 ranked alike (mean tau 0.981 over the same 84 queries, against 0.974 with
+#: none); 8 touches fewer layers.
+DEFAULT_OUTLIER_RATIO = 8.0
+#: More than a few fp32 columns would cost more than they save; four covers MiniLM's.
+MAX_OUTLIERS = 4
 _INT8_MAX = 127.0
 _EPS = 1e-8
 
@@ -48,12 +58,26 @@ class TokenInt8Linear(_Module):
     contribution is added back through the weights' column sums.
     """
 
-    def __init__(self, linear: Any, *, input_scale: Any | None = None) -> None:
+    def __init__(
+        self,
+        linear: Any,
+        *,
+        input_scale: Any | None = None,
+        outlier_channels: Iterable[int] | None = None,
+    ) -> None:
         super().__init__()
         weight = linear.weight.detach().float()
         if input_scale is not None:
             weight = weight * input_scale[None, :]
         out_features, in_features = (int(size) for size in weight.shape)
+        channels = tuple(int(channel) for channel in (outlier_channels or ()))
+        bulk_mask = None
+        outlier_weight = None
+        if channels:
+            outlier_weight = weight[:, list(channels)].t().contiguous()
+            bulk_mask = torch.ones(in_features)
+            bulk_mask[list(channels)] = 0.0
+            weight = weight * bulk_mask[None, :]
         weight_scale = weight.abs().amax(dim=1).clamp(min=_EPS) / _INT8_MAX
         quantized = torch.round(weight / weight_scale[:, None]).clamp(-_INT8_MAX, _INT8_MAX)
         self.in_features = in_features
@@ -66,17 +90,28 @@ class TokenInt8Linear(_Module):
         self.register_buffer("bias", bias if bias is not None else torch.zeros(out_features))
         inverse = (1.0 / input_scale).float() if input_scale is not None else None
         self.register_buffer("inverse_input_scale", inverse)
+        self.outlier_channels = channels
+        self.register_buffer("outlier_weight", outlier_weight)
+        self.register_buffer("bulk_mask", bulk_mask)
 
     def forward(self, inputs: Any) -> Any:
         rows = inputs.reshape(-1, self.in_features).float()
         if self.inverse_input_scale is not None:
             rows = rows * self.inverse_input_scale
+        # Outlier channels bypass the int8 grid: sliced out as fp32 columns and zeroed in
+        # the bulk, so they no longer set every token's step. Slices by constant index and
+        # a rank-1 update per channel fuse into the surrounding kernels when compiled.
+        outlier_columns = [rows[:, channel : channel + 1] for channel in self.outlier_channels]
+        if outlier_columns:
+            rows = rows * self.bulk_mask
         low, high = torch.aminmax(rows, dim=1, keepdim=True)
         midpoint = (high + low) * 0.5
         step = ((high - low) * 0.5).clamp(min=_EPS) / _INT8_MAX
         quantized = torch.round((rows - midpoint) / step).to(torch.int8)
         product = torch._int_mm(quantized, self.weight_int8)
         out = product * (step * self.weight_scale) + midpoint * self.weight_column_sum + self.bias
+        for index, column in enumerate(outlier_columns):
+            out = out + column * self.outlier_weight[index]
         return out.reshape(*inputs.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
@@ -141,24 +176,43 @@ def quantize_encoder(
     ranges: dict[str, Any] | None,
     *,
     smoothing: float = DEFAULT_SMOOTHING,
+    outlier_ratio: float | None = DEFAULT_OUTLIER_RATIO,
 ) -> int:
     """Swap the encoder's linears for :class:`TokenInt8Linear` in place; returns how many.
 
     ``ranges`` (from :func:`activation_ranges`) turns smoothing on: channel j's inputs are
-    divided by ``s_j = range_j ** smoothing / max|W_j| ** (1 - smoothing)``.
+    divided by ``s_j = range_j ** smoothing / max|W_j| ** (1 - smoothing)``. Channels whose
+    smoothed range is still above ``outlier_ratio`` times the median channel's stay fp32
+    (``None`` keeps every channel on the int8 grid). On the reference model the ratio 8
+    picks one or two channels in four of the 36 linears, costing about 7% of the speed.
     """
     if not 0.0 <= smoothing <= 1.0:
         raise ValueError(f"smoothing must be in [0, 1], got {smoothing!r}")
     replaced = 0
     for name, parent, attribute, layer in _encoder_linears(network):
         input_scale = None
+        outlier_channels = None
         if ranges is not None and name in ranges:
             activation = ranges[name].clamp(min=1e-5)
             weight = layer.weight.detach().float().abs().amax(dim=0).clamp(min=1e-5)
             input_scale = activation.pow(smoothing) / weight.pow(1.0 - smoothing)
-        setattr(parent, attribute, TokenInt8Linear(layer, input_scale=input_scale))
+            if outlier_ratio is not None:
+                outlier_channels = _outlier_channels(activation / input_scale, outlier_ratio)
+        setattr(
+            parent,
+            attribute,
+            TokenInt8Linear(layer, input_scale=input_scale, outlier_channels=outlier_channels),
+        )
         replaced += 1
     return replaced
+
+
+def _outlier_channels(smoothed_range: Any, ratio: float) -> list[int]:
+    """Channels whose smoothed range exceeds ``ratio`` times the median channel's, at most
+    :data:`MAX_OUTLIERS` of them, largest first."""
+    threshold = float(smoothed_range.median()) * ratio
+    order = torch.argsort(smoothed_range, descending=True)[:MAX_OUTLIERS]
+    return [int(channel) for channel in order if float(smoothed_range[channel]) > threshold]
 
 
 class CompiledForward:
