@@ -216,3 +216,33 @@ def test_torch_int8_bad_combinations(precision: str, runtime: str, fragment: str
 def test_auto_tries_torch_int8_only_when_it_will_be_compiled() -> None:
     assert TORCH_INT8 in auto_candidates("cpu")
     assert TORCH_INT8 not in auto_candidates("cpu", compiled=False)
+
+
+def test_auto_passes_over_torch_int8_when_compiling_fails(
+    tiny_cross_encoder_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import crossrank.backends.cross_encoder as cross_encoder_module
+    from crossrank.backends.precision import FP32_TORCH
+
+    def broken_compile(*_args: object, **_kwargs: object) -> object:
+        def fail(**_features: object) -> None:
+            raise RuntimeError("no C++ compiler")
+
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setattr(
+        cross_encoder_module, "auto_candidates", lambda *_a, **_k: [TORCH_INT8, FP32_TORCH]
+    )
+    backend = CrossEncoderBackend(
+        str(tiny_cross_encoder_path),
+        precision="auto",
+        cache_dir=tmp_path,
+        calibration=[(QUERY, PASSAGES)],
+        registry=ModelRegistry(),
+    )
+    backend.load()
+    assert backend.selection is not None
+    assert backend.variant.label == "torch-fp32"
+    (int8,) = [a for a in backend.selection.agreements if a.variant == "torch-int8"]
+    assert not int8.passed and "torch.compile failed" in (int8.error or "")

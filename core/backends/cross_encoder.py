@@ -276,6 +276,7 @@ class CrossEncoderBackend(BaseBackend):
         self._registry = registry or default_registry
         self._loaded: Any = None
         self._runner: Runner | None = None
+        self._int8_forward: Any = None  # the CompiledForward of a torch int8 variant
         self._tokenizer: Any = None
         self._variant: Variant | None = None
         self._resolved_device: str | None = None
@@ -343,6 +344,7 @@ class CrossEncoderBackend(BaseBackend):
             )
             self._apply_torch_threads()
             cross_encoder, forward = quantized
+            self._int8_forward = forward
             return cross_encoder, _torch_runner(cross_encoder, forward), cross_encoder.tokenizer
         if variant.runtime == "torch":
             dtype = _PRECISION_TO_DTYPE[variant.precision]
@@ -533,8 +535,12 @@ class CrossEncoderBackend(BaseBackend):
         for candidate in auto_candidates(device, compiled=self.compile):
             if candidate == FP32_TORCH:
                 break
+            sibling = self._sibling(candidate)
             try:
-                scores = [self._sibling(candidate).score(query, texts) for query, texts in sample]
+                scores = [sibling.score(query, texts) for query, texts in sample]
+                if sibling._int8_forward is not None and not sibling._int8_forward.compiled:
+                    # Chosen for its compiled speed; eager, it would be slower than fp32.
+                    raise RuntimeError("torch.compile failed; eager int8 is slower than fp32")
             except (ImportError, ModelLoadError, ConfigurationError, RuntimeError) as exc:
                 from crossrank.backends.fidelity import Agreement
 

@@ -231,6 +231,11 @@ class CompiledForward:
         if enabled:
             self._compiled = torch.compile(network, dynamic=True)
 
+    @property
+    def compiled(self) -> bool:
+        """False once compiling was off or failed and calls run eager."""
+        return self._compiled is not None
+
     def __call__(self, **features: Any) -> Any:
         with self._lock:
             if self._compiled is not None:
