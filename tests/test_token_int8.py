@@ -151,6 +151,15 @@ def test_quantize_encoder_keeps_head_in_fp32(tiny_cross_encoder_path: Path) -> N
         quantize_encoder(network, ranges, smoothing=1.5)
 
 
+def _broken_compile(*_args: object, **_kwargs: object) -> object:
+    """A ``torch.compile`` whose compiled function fails when called, as without a compiler."""
+
+    def fail(**_features: object) -> None:
+        raise RuntimeError("no C++ compiler")
+
+    return fail
+
+
 def _fp32_scores(path: Path) -> list[float]:
     return CrossEncoderBackend(str(path), registry=ModelRegistry()).score(QUERY, PASSAGES)
 
@@ -188,13 +197,7 @@ def test_compiled_forward_falls_back_to_eager_when_compiling_fails(
         def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
             return input_ids * 2
 
-    def broken_compile(*_args: object, **_kwargs: object) -> object:
-        def fail(**_features: object) -> None:
-            raise RuntimeError("no C++ compiler")
-
-        return fail
-
-    monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setattr(torch, "compile", _broken_compile)
     forward = CompiledForward(Network())
     ids = torch.ones(2, 3, dtype=torch.long)
     with caplog.at_level("WARNING"):
@@ -224,13 +227,7 @@ def test_auto_passes_over_torch_int8_when_compiling_fails(
     import crossrank.backends.cross_encoder as cross_encoder_module
     from crossrank.backends.precision import FP32_TORCH
 
-    def broken_compile(*_args: object, **_kwargs: object) -> object:
-        def fail(**_features: object) -> None:
-            raise RuntimeError("no C++ compiler")
-
-        return fail
-
-    monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setattr(torch, "compile", _broken_compile)
     monkeypatch.setattr(
         cross_encoder_module, "auto_candidates", lambda *_a, **_k: [TORCH_INT8, FP32_TORCH]
     )
