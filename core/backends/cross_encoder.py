@@ -539,8 +539,8 @@ class CrossEncoderBackend(BaseBackend):
             try:
                 scores = [sibling.score(query, texts) for query, texts in sample]
                 if sibling._int8_forward is not None and not sibling._int8_forward.compiled:
-                    # Chosen for its compiled speed; eager, it would be slower than fp32.
-                    raise RuntimeError("torch.compile failed; eager int8 is slower than fp32")
+                    # Listed for its compiled speed; eager, it is behind the candidates after it.
+                    raise RuntimeError("torch.compile failed; eager int8 is slower than bf16")
             except (ImportError, ModelLoadError, ConfigurationError, RuntimeError) as exc:
                 from crossrank.backends.fidelity import Agreement
 
