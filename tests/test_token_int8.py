@@ -243,3 +243,22 @@ def test_auto_passes_over_torch_int8_when_compiling_fails(
     assert backend.variant.label == "torch-fp32"
     (int8,) = [a for a in backend.selection.agreements if a.variant == "torch-int8"]
     assert not int8.passed and "torch.compile failed" in (int8.error or "")
+
+
+def test_torch_int8_refuses_a_model_it_cannot_quantize(
+    tiny_cross_encoder_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An architecture without an ``encoder`` module is an error, not fp32 labelled int8."""
+    import crossrank.backends.token_int8 as token_int8
+
+    monkeypatch.setattr(token_int8, "_encoder_linears", lambda _network: [])
+    backend = CrossEncoderBackend(
+        str(tiny_cross_encoder_path),
+        precision="int8",
+        runtime="torch",
+        compile=False,
+        registry=ModelRegistry(),
+    )
+    with pytest.raises(ConfigurationError, match="runtime='onnx'") as raised:
+        backend.load()
+    assert str(tiny_cross_encoder_path) in str(raised.value)

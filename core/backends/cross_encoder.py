@@ -447,7 +447,12 @@ class CrossEncoderBackend(BaseBackend):
                     features["token_type_ids"] = torch.from_numpy(types)
                 batches.append(features)
             start += len(texts)
-        quantize_encoder(network, activation_ranges(network, batches))
+        if not quantize_encoder(network, activation_ranges(network, batches)):
+            # Serving it would be fp32 under an int8 label (and pass any fidelity gate).
+            raise ConfigurationError(
+                f"precision='int8' with runtime='torch' found no linear layers under an "
+                f"'encoder' module in {self.model!r}; use runtime='onnx' for this architecture"
+            )
         forward = CompiledForward(network, enabled=self.compile)
         with torch.inference_mode():
             for features in batches[:2]:  # two shapes, so dynamic shapes compile up front
