@@ -209,7 +209,11 @@ def quantize_encoder(
 
 def _outlier_channels(smoothed_range: Any, ratio: float) -> list[int]:
     """Channels whose smoothed range exceeds ``ratio`` times the median channel's, at most
-    :data:`MAX_OUTLIERS` of them, largest first."""
+    :data:`MAX_OUTLIERS` of them, largest first.
+
+    Measured against the median, not an absolute size, because what hurts is one channel
+    setting the int8 step for all the others, whatever the layer's overall scale.
+    """
     threshold = float(smoothed_range.median()) * ratio
     order = torch.argsort(smoothed_range, descending=True)[:MAX_OUTLIERS]
     return [int(channel) for channel in order if float(smoothed_range[channel]) > threshold]
