@@ -542,10 +542,11 @@ class CrossEncoderBackend(BaseBackend):
                 break
             sibling = self._sibling(candidate)
             try:
-                scores = [sibling.score(query, texts) for query, texts in sample]
+                sibling.load()  # torch int8 compiles and warms up here, so a failure shows now
                 if sibling._int8_forward is not None and not sibling._int8_forward.compiled:
                     # Listed for its compiled speed; eager, it is behind the candidates after it.
                     raise RuntimeError("torch.compile failed; eager int8 is slower than bf16")
+                scores = [sibling.score(query, texts) for query, texts in sample]
             except (ImportError, ModelLoadError, ConfigurationError, RuntimeError) as exc:
                 from crossrank.backends.fidelity import Agreement
 
