@@ -164,14 +164,15 @@ def _fp32_scores(path: Path) -> list[float]:
     return CrossEncoderBackend(str(path), registry=ModelRegistry()).score(QUERY, PASSAGES)
 
 
-def test_torch_int8_variant_tracks_fp32(tiny_cross_encoder_path: Path) -> None:
-    backend = CrossEncoderBackend(
-        str(tiny_cross_encoder_path),
-        precision="int8",
-        runtime="torch",
-        compile=False,
-        registry=ModelRegistry(),
+def _eager_int8(path: Path) -> CrossEncoderBackend:
+    """The torch int8 variant uncompiled, on a fresh registry: quick to build in tests."""
+    return CrossEncoderBackend(
+        str(path), precision="int8", runtime="torch", compile=False, registry=ModelRegistry()
     )
+
+
+def test_torch_int8_variant_tracks_fp32(tiny_cross_encoder_path: Path) -> None:
+    backend = _eager_int8(tiny_cross_encoder_path)
     scores = backend.score(QUERY, PASSAGES)
     assert backend.variant.label == "torch-int8"
     assert np.allclose(scores, _fp32_scores(tiny_cross_encoder_path), atol=0.1)
@@ -252,13 +253,7 @@ def test_torch_int8_refuses_a_model_it_cannot_quantize(
     import crossrank.backends.token_int8 as token_int8
 
     monkeypatch.setattr(token_int8, "_encoder_linears", lambda _network: [])
-    backend = CrossEncoderBackend(
-        str(tiny_cross_encoder_path),
-        precision="int8",
-        runtime="torch",
-        compile=False,
-        registry=ModelRegistry(),
-    )
+    backend = _eager_int8(tiny_cross_encoder_path)
     with pytest.raises(ConfigurationError, match="runtime='onnx'") as raised:
         backend.load()
     assert str(tiny_cross_encoder_path) in str(raised.value)
