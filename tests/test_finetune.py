@@ -495,6 +495,7 @@ def test_heldout_scorer_scores_as_reranker_does_windows_included(tiny_cross_enco
     from crossrank.backends.cross_encoder import CrossEncoderBackend
     from crossrank.finetune.evaluate import RerankerScorer
     from crossrank.registry import ModelRegistry
+    from crossrank.windows import plan_windows
 
     backend = CrossEncoderBackend(
         str(tiny_cross_encoder_path), max_length=16, registry=ModelRegistry()
@@ -502,12 +503,20 @@ def test_heldout_scorer_scores_as_reranker_does_windows_included(tiny_cross_enco
     query = "cats purr"
     long_text = "dogs bark in the park all day long " * 6 + "cats purr and chase mice"
     texts = ["cats purr", long_text, "fish swim", "cats purr"]  # a duplicate keeps its score
-    windowed = RerankerScorer(backend, windowing=True).score(query, texts)
-    expected = Reranker(backend, normalization="raw", deduplicate=False).rerank(query, texts)
+    windowed_scorer = RerankerScorer(backend, windowing=True)
+    windowed = windowed_scorer.score(query, texts)
+    expected_reranker = Reranker(backend, normalization="raw", deduplicate=False)
+    expected = expected_reranker.rerank(query, texts)
     assert windowed == [item.raw_score for item in sorted(expected, key=lambda i: i.input_index)]
     first_window = RerankerScorer(backend, windowing=False).score(query, texts)
     assert first_window == pytest.approx(backend.score(query, texts), abs=1e-6)
-    assert windowed[1] != pytest.approx(first_window[1], abs=1e-6), "the long text was windowed"
+    # The long text's score is its best window's, whichever window that is for this model.
+    plan = plan_windows(query, texts, backend, stride=expected_reranker.window_stride)
+    long_windows = [text for text, owner in zip(plan.window_texts, plan.owners) if owner == 1]
+    assert len(long_windows) > 1, "the long text should not fit one window"
+    assert windowed[1] == pytest.approx(max(backend.score(query, long_windows)), abs=1e-6)
+    windowed_report = windowed_scorer.reranker.rerank(query, texts).report
+    assert windowed_report.windows_scored == len(plan.window_texts)
     assert windowed[0] == pytest.approx(windowed[3], abs=1e-6)
 
 

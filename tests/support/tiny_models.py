@@ -1,12 +1,17 @@
 """Tiny cross-encoders built from scratch, so tests never reach a model hub.
 
-A WordPiece vocabulary is trained on a few hundred words of local text, a 2-layer BERT with
+A WordPiece vocabulary is written from a few hundred words of local text, a 2-layer BERT with
 a one-logit head is initialised from a fixed seed, and both are saved the way a hub model is
 laid out, so loading goes through exactly the path a downloaded model takes.
+
+The vocabulary is written, not trained: the WordPiece trainer breaks ties between equally
+frequent merges differently from run to run, which gave every test session (and every CI
+machine) a different model.
 """
 
 from __future__ import annotations
 
+import string
 from pathlib import Path
 
 TRAINING_TEXT = [
@@ -20,7 +25,20 @@ TRAINING_TEXT = [
     "cross encoders read the query and the passage together",
     "bm25 ranks documents by term frequency and inverse document frequency",
     "a reranker reorders the candidates found by the first stage retriever",
+    "cats purr and chase mice while dogs bark all day long in the park and fish swim",
 ]
+
+
+def tiny_vocabulary() -> list[str]:
+    """Special tokens, every printable character (alone and as a suffix piece), then words.
+
+    Sorted throughout, so the same ids come out on every machine; any ASCII text tokenizes
+    without ``[UNK]`` because unknown words fall back to characters.
+    """
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    characters = sorted(set(string.ascii_lowercase + string.digits + string.punctuation))
+    words = sorted({word for line in TRAINING_TEXT for word in line.split()} - set(characters))
+    return special + characters + [f"##{char}" for char in characters] + words
 
 
 def build_tiny_cross_encoder(
@@ -33,17 +51,14 @@ def build_tiny_cross_encoder(
     """Write a tiny BERT cross-encoder (config, weights, tokenizer) into ``directory``."""
     import torch
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from tokenizers.trainers import WordPieceTrainer
     from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
 
     directory.mkdir(parents=True, exist_ok=True)
-    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    vocabulary = {token: index for index, token in enumerate(tiny_vocabulary())}
+    tokenizer = Tokenizer(models.WordPiece(vocab=vocabulary, unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.decoder = decoders.WordPiece()
-    trainer = WordPieceTrainer(vocab_size=400, special_tokens=special, min_frequency=1)
-    tokenizer.train_from_iterator(TRAINING_TEXT * 3, trainer=trainer)
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
