@@ -512,7 +512,9 @@ def test_heldout_scorer_scores_as_reranker_does_windows_included(tiny_cross_enco
     assert first_window == pytest.approx(backend.score(query, texts), abs=1e-6)
     # The long text's score is its best window's, whichever window that is for this model.
     plan = plan_windows(query, texts, backend, stride=expected_reranker.window_stride)
-    long_windows = [text for text, owner in zip(plan.window_texts, plan.owners) if owner == 1]
+    long_windows = [
+        text for text, owner in zip(plan.window_texts, plan.owners, strict=True) if owner == 1
+    ]
     assert len(long_windows) > 1, "the long text should not fit one window"
     assert windowed[1] == pytest.approx(max(backend.score(query, long_windows)), abs=1e-6)
     windowed_report = windowed_scorer.reranker.rerank(query, texts).report
