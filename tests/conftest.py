@@ -39,7 +39,7 @@ def _one_torch_thread() -> None:
 
 @pytest.fixture(scope="session")
 def tiny_cross_encoder_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer BERT cross-encoder with a locally trained WordPiece vocabulary."""
+    """A 2-layer BERT cross-encoder with a locally written WordPiece vocabulary."""
     from tests.support.tiny_models import build_tiny_cross_encoder
 
     return build_tiny_cross_encoder(tmp_path_factory.mktemp("tiny-cross-encoder"))
