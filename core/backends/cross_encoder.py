@@ -276,7 +276,7 @@ class CrossEncoderBackend(BaseBackend):
         self._registry = registry or default_registry
         self._loaded: Any = None
         self._runner: Runner | None = None
-        self._int8_forward: Any = None  # the CompiledForward of a torch int8 variant
+        self._compile_fell_back = False
         self._tokenizer: Any = None
         self._variant: Variant | None = None
         self._resolved_device: str | None = None
@@ -324,6 +324,14 @@ class CrossEncoderBackend(BaseBackend):
                 self._variant = variant
         return self._loaded
 
+    @property
+    def compile_fell_back(self) -> bool:
+        """True when compiling was asked for, failed, and the loaded variant runs eager.
+
+        Auto ranks candidates by their compiled speed, so it must not pick one running eager.
+        """
+        return self._compile_fell_back
+
     def _torch_key(self, device: str, dtype: str) -> tuple[Any, ...]:
         return (
             "cross-encoder",
@@ -344,7 +352,7 @@ class CrossEncoderBackend(BaseBackend):
             )
             self._apply_torch_threads()
             cross_encoder, forward = quantized
-            self._int8_forward = forward
+            self._compile_fell_back = self.compile and not forward.compiled
             return cross_encoder, _torch_runner(cross_encoder, forward), cross_encoder.tokenizer
         if variant.runtime == "torch":
             dtype = _PRECISION_TO_DTYPE[variant.precision]
@@ -543,7 +551,7 @@ class CrossEncoderBackend(BaseBackend):
             sibling = self._sibling(candidate)
             try:
                 sibling.load()  # torch int8 compiles and warms up here, so a failure shows now
-                if sibling._int8_forward is not None and not sibling._int8_forward.compiled:
+                if sibling.compile_fell_back:
                     # Listed for its compiled speed; eager, it is behind the candidates after it.
                     raise RuntimeError("torch.compile failed; eager int8 is slower than bf16")
                 scores = [sibling.score(query, texts) for query, texts in sample]

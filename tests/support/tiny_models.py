@@ -14,7 +14,7 @@ from __future__ import annotations
 import string
 from pathlib import Path
 
-TRAINING_TEXT = [
+VOCABULARY_TEXT = [
     "refunds for physical goods are issued within fourteen days of the return",
     "refunds for digital downloads are only possible before the file is opened",
     "the capital of germany is berlin and about 3.7 million people live there",
@@ -37,7 +37,7 @@ def tiny_vocabulary() -> list[str]:
     """
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     characters = sorted(set(string.ascii_lowercase + string.digits + string.punctuation))
-    words = sorted({word for line in TRAINING_TEXT for word in line.split()} - set(characters))
+    words = sorted({word for line in VOCABULARY_TEXT for word in line.split()} - set(characters))
     return special + characters + [f"##{char}" for char in characters] + words
 
 
