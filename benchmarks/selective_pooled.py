@@ -9,9 +9,12 @@ reranking, over all queries (micro) and as the mean of per-collection numbers (m
 Several seeds show how much the outcome depends on the split.
 
 Needs ``eval_collections.py`` to have scored the backend first (it reads the score caches
-in ``.cache/eval``); BM25 first stage, depth 30. Run::
+in ``.cache/eval``); BM25 first stage, depth 30. ``--against`` picks the always-rerank run
+that skipping is judged against: the backend alone, or the backend blended with BM25, which
+is how a fine-tuned model is served. Run::
 
     python benchmarks/selective_pooled.py --backend embedding --seeds 0 1 2 3
+    python benchmarks/selective_pooled.py --backend finetuned --against blend:weighted:0.5
 """
 
 from __future__ import annotations
@@ -26,16 +29,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import eval_collections as collections_benchmark
 
+from crossrank.eval.tune import RERANKED_RUN
+
 TARGET_SKIP = 0.3
 POLICIES = ("margin", "entropy")
 
 
-def per_query_table(backend_name: str, seed: int) -> dict[str, np.ndarray]:
+def per_query_table(backend_name: str, seed: int, against: str) -> dict[str, np.ndarray]:
     """Per query: collection, half, first-stage and reranked nDCG@10, and each policy's signal."""
     from crossrank.eval.beir import load_beir
     from crossrank.eval.first_stage import FirstStage
     from crossrank.eval.runner import caching, evaluate_runs, split_queries
-    from crossrank.eval.tune import FIRST_STAGE_RUN, RERANKED_RUN, ndcg_per_run, tuning_specs
+    from crossrank.eval.tune import FIRST_STAGE_RUN, ndcg_per_run, tuning_specs
     from crossrank.selective import EntropyPolicy, MarginPolicy
 
     probes = {"margin": MarginPolicy(threshold=0.0), "entropy": EntropyPolicy(threshold=0.0)}
@@ -63,7 +68,7 @@ def per_query_table(backend_name: str, seed: int) -> dict[str, np.ndarray]:
             columns["collection"].append(name)
             columns["half_a"].append(query_id in half_a)
             columns["first"].append(ndcg[FIRST_STAGE_RUN][query_id])
-            columns["reranked"].append(ndcg[RERANKED_RUN][query_id])
+            columns["reranked"].append(ndcg[against][query_id])
             for kind, probe in probes.items():
                 signal = probe.signal(collection.queries[query_id], evaluation.heads[query_id])
                 columns[kind].append(np.nan if signal is None else signal)
@@ -89,6 +94,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default="embedding")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    parser.add_argument(
+        "--against",
+        default=RERANKED_RUN,
+        help="the always-rerank run skips are judged against: 'reranked' (the backend alone) "
+        "or a blend run such as 'blend:weighted:0.5' (the backend blended with BM25)",
+    )
     args = parser.parse_args()
     if not collections_benchmark.DATA.is_dir():
         print(f"needs the shared collections at {collections_benchmark.DATA}", file=sys.stderr)
@@ -104,7 +115,7 @@ def main() -> int:
     )
     print("|---:|---|---|---:|---:|---:|")
     for seed in args.seeds:
-        table = per_query_table(args.backend, seed)
+        table = per_query_table(args.backend, seed, args.against)
         half_a = table["half_a"]
         for macro in (False, True):
             for kind in POLICIES:
