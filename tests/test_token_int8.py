@@ -246,6 +246,43 @@ def test_auto_passes_over_torch_int8_when_compiling_fails(
     assert not int8.passed and "torch.compile failed" in (int8.error or "")
 
 
+def test_a_remembered_torch_int8_choice_is_recalibrated_once_compiling_fails(
+    tiny_cross_encoder_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A choice remembered where compiling worked must not run eager int8 where it fails."""
+    import crossrank.backends.cross_encoder as cross_encoder_module
+    from crossrank.backends.fidelity import FidelityGate
+    from crossrank.backends.precision import FP32_TORCH
+
+    monkeypatch.setattr(
+        cross_encoder_module, "auto_candidates", lambda *_a, **_k: [TORCH_INT8, FP32_TORCH]
+    )
+
+    def fresh_process() -> CrossEncoderBackend:  # a new registry is what a new process has
+        backend = CrossEncoderBackend(
+            str(tiny_cross_encoder_path),
+            precision="auto",
+            cache_dir=tmp_path,
+            calibration=[(QUERY, PASSAGES)],
+            registry=ModelRegistry(),
+            # any ranking agrees, so the first process surely chooses torch int8
+            fidelity_gate=FidelityGate(min_kendall_tau=-1.0, min_top_k_overlap=0.0),
+        )
+        backend.load()
+        return backend
+
+    first = fresh_process()
+    assert first.variant == TORCH_INT8 and not first.compile_fell_back
+    second = fresh_process()
+    assert second.selection is not None and second.selection.remembered_from is not None
+    monkeypatch.setattr(torch, "compile", _broken_compile)
+    later = fresh_process()
+    assert later.variant == FP32_TORCH
+    assert later.selection is not None and later.selection.remembered_from is None
+    (int8,) = [a for a in later.selection.agreements if a.variant == "torch-int8"]
+    assert "torch.compile failed" in (int8.error or "")
+
+
 def test_torch_int8_refuses_a_model_it_cannot_quantize(
     tiny_cross_encoder_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -534,12 +534,32 @@ class CrossEncoderBackend(BaseBackend):
         )
         if key is not None:
             remembered = load_choice(root, key)
-            if remembered is not None and remembered.chosen in labels:
+            if (
+                remembered is not None
+                and remembered.chosen in labels
+                and self._still_runs_as_chosen(remembered)
+            ):
                 return remembered
         selection = self._calibrate(device, sample)
         if key is not None:
             save_choice(root, key, selection)
         return selection
+
+    def _still_runs_as_chosen(self, remembered: Selection) -> bool:
+        """Whether a remembered choice still runs the way it did when it was chosen.
+
+        A torch int8 choice was made compiled; on a machine that has since lost its C++
+        compiler it would run eager, behind bf16, so it is calibrated afresh instead. The
+        check loads the variant, which the load that follows then reuses from the registry.
+        """
+        if remembered.chosen != TORCH_INT8.label:
+            return True
+        sibling = self._sibling(TORCH_INT8)
+        try:
+            sibling.load()
+        except (ImportError, ModelLoadError, ConfigurationError, RuntimeError):
+            return False
+        return not sibling.compile_fell_back
 
     def _calibrate(self, device: str, sample: list[tuple[str, Sequence[str]]]) -> Selection:
         reference_backend = self._sibling(FP32_TORCH)
