@@ -8,6 +8,7 @@ of fp32, as for ONNX int8.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -222,24 +223,35 @@ def test_auto_tries_torch_int8_only_when_it_will_be_compiled() -> None:
     assert TORCH_INT8 not in auto_candidates("cpu", compiled=False)
 
 
-def test_auto_passes_over_torch_int8_when_compiling_fails(
-    tiny_cross_encoder_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _offer_only_int8_then_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
     import crossrank.backends.cross_encoder as cross_encoder_module
     from crossrank.backends.precision import FP32_TORCH
 
-    monkeypatch.setattr(torch, "compile", _broken_compile)
     monkeypatch.setattr(
         cross_encoder_module, "auto_candidates", lambda *_a, **_k: [TORCH_INT8, FP32_TORCH]
     )
+
+
+def _auto_in_a_fresh_process(model: Path, cache_dir: Path, **options: Any) -> CrossEncoderBackend:
+    """A loaded ``precision="auto"`` backend on a new registry, as a new process would have."""
     backend = CrossEncoderBackend(
-        str(tiny_cross_encoder_path),
+        str(model),
         precision="auto",
-        cache_dir=tmp_path,
+        cache_dir=cache_dir,
         calibration=[(QUERY, PASSAGES)],
         registry=ModelRegistry(),
+        **options,
     )
     backend.load()
+    return backend
+
+
+def test_auto_passes_over_torch_int8_when_compiling_fails(
+    tiny_cross_encoder_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch, "compile", _broken_compile)
+    _offer_only_int8_then_fp32(monkeypatch)
+    backend = _auto_in_a_fresh_process(tiny_cross_encoder_path, tmp_path)
     assert backend.selection is not None
     assert backend.variant.label == "torch-fp32"
     (int8,) = [a for a in backend.selection.agreements if a.variant == "torch-int8"]
@@ -250,26 +262,15 @@ def test_a_remembered_torch_int8_choice_is_recalibrated_once_compiling_fails(
     tiny_cross_encoder_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A choice remembered where compiling worked must not run eager int8 where it fails."""
-    import crossrank.backends.cross_encoder as cross_encoder_module
     from crossrank.backends.fidelity import FidelityGate
     from crossrank.backends.precision import FP32_TORCH
 
-    monkeypatch.setattr(
-        cross_encoder_module, "auto_candidates", lambda *_a, **_k: [TORCH_INT8, FP32_TORCH]
-    )
+    _offer_only_int8_then_fp32(monkeypatch)
+    # any ranking agrees, so the first process surely chooses torch int8
+    lenient = FidelityGate(min_kendall_tau=-1.0, min_top_k_overlap=0.0)
 
-    def fresh_process() -> CrossEncoderBackend:  # a new registry is what a new process has
-        backend = CrossEncoderBackend(
-            str(tiny_cross_encoder_path),
-            precision="auto",
-            cache_dir=tmp_path,
-            calibration=[(QUERY, PASSAGES)],
-            registry=ModelRegistry(),
-            # any ranking agrees, so the first process surely chooses torch int8
-            fidelity_gate=FidelityGate(min_kendall_tau=-1.0, min_top_k_overlap=0.0),
-        )
-        backend.load()
-        return backend
+    def fresh_process() -> CrossEncoderBackend:
+        return _auto_in_a_fresh_process(tiny_cross_encoder_path, tmp_path, fidelity_gate=lenient)
 
     first = fresh_process()
     assert first.variant == TORCH_INT8 and not first.compile_fell_back
