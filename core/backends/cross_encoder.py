@@ -170,6 +170,10 @@ class _Encoded:
     lengths: np.ndarray
 
 
+# What makes an auto candidate unavailable here, rather than an error for the caller.
+_CANDIDATE_FAILURES = (ImportError, ModelLoadError, ConfigurationError, RuntimeError)
+
+
 class CrossEncoderBackend(BaseBackend):
     """Scores (query, text) pairs with a local cross-encoder; returns raw logits."""
 
@@ -546,20 +550,26 @@ class CrossEncoderBackend(BaseBackend):
         return selection
 
     def _still_runs_as_chosen(self, remembered: Selection) -> bool:
-        """Whether a remembered choice still runs the way it did when it was chosen.
+        """Whether a remembered choice still loads the way it did when it was chosen.
 
         A torch int8 choice was made compiled; on a machine that has since lost its C++
         compiler it would run eager, behind bf16, so it is calibrated afresh instead. The
         check loads the variant, which the load that follows then reuses from the registry.
         """
-        if remembered.chosen != TORCH_INT8.label:
-            return True
-        sibling = self._sibling(TORCH_INT8)
         try:
-            sibling.load()
-        except (ImportError, ModelLoadError, ConfigurationError, RuntimeError):
+            self._load_candidate(_variant_from_label(remembered.chosen))
+        except _CANDIDATE_FAILURES:
             return False
-        return not sibling.compile_fell_back
+        return True
+
+    def _load_candidate(self, variant: Variant) -> CrossEncoderBackend:
+        """A loaded sibling for ``variant``, or an error when it cannot run as auto lists it."""
+        sibling = self._sibling(variant)
+        sibling.load()  # torch int8 compiles and warms up here, so a failure shows now
+        if sibling.compile_fell_back:
+            # Listed for its compiled speed; eager, it is behind the candidates after it.
+            raise RuntimeError("torch.compile failed; eager int8 is slower than bf16")
+        return sibling
 
     def _calibrate(self, device: str, sample: list[tuple[str, Sequence[str]]]) -> Selection:
         reference_backend = self._sibling(FP32_TORCH)
@@ -568,14 +578,10 @@ class CrossEncoderBackend(BaseBackend):
         for candidate in auto_candidates(device, compiled=self.compile):
             if candidate == FP32_TORCH:
                 break
-            sibling = self._sibling(candidate)
             try:
-                sibling.load()  # torch int8 compiles and warms up here, so a failure shows now
-                if sibling.compile_fell_back:
-                    # Listed for its compiled speed; eager, it is behind the candidates after it.
-                    raise RuntimeError("torch.compile failed; eager int8 is slower than bf16")
+                sibling = self._load_candidate(candidate)
                 scores = [sibling.score(query, texts) for query, texts in sample]
-            except (ImportError, ModelLoadError, ConfigurationError, RuntimeError) as exc:
+            except _CANDIDATE_FAILURES as exc:
                 from crossrank.backends.fidelity import Agreement
 
                 agreements.append(
