@@ -113,12 +113,26 @@ def reference_model() -> str | None:
     return str(found) if found is not None else None
 
 
+def bm25_candidates(collection: Any, query_ids: list[str]) -> dict[str, list[str]]:
+    """BM25's top-30 document ids per query: the candidates every nDCG comparison reranks."""
+    from crossrank.eval.bm25 import BM25Index
+
+    doc_ids = list(collection.corpus)
+    index = BM25Index([collection.corpus[d].full_text for d in doc_ids])
+    return {
+        query_id: [
+            doc_ids[hit.index]
+            for hit in index.search(collection.queries[query_id], k=FIRST_STAGE_DEPTH)
+        ]
+        for query_id in query_ids
+    }
+
+
 def ndcg_table(
     backends: dict[str, CrossEncoderBackend], *, queries_per_collection: int | None, seed: int
 ) -> dict[str, dict[str, float]]:
     """collection -> variant -> mean nDCG@10 (BM25 top-30 reranked; ``None``: every query)."""
     from crossrank.eval.beir import load_beir
-    from crossrank.eval.bm25 import BM25Index
     from crossrank.eval.metrics import mean_metrics, per_query_metrics
 
     if not workload.SHARED_DATA.is_dir():
@@ -127,15 +141,12 @@ def ndcg_table(
     table: dict[str, dict[str, float]] = {}
     for directory in sorted(p for p in workload.SHARED_DATA.iterdir() if p.is_dir()):
         collection = load_beir(directory)
-        doc_ids = list(collection.corpus)
-        index = BM25Index([collection.corpus[d].full_text for d in doc_ids])
         judged = list(collection.judged_query_ids)
         count = len(judged) if queries_per_collection is None else queries_per_collection
         sample = random.Random(seed).sample(judged, min(count, len(judged)))
         rankings: dict[str, dict[str, list[str]]] = {name: {} for name in ("bm25", *backends)}
-        for query_id in sample:
+        for query_id, candidates in bm25_candidates(collection, sample).items():
             query = collection.queries[query_id]
-            candidates = [doc_ids[hit.index] for hit in index.search(query, k=FIRST_STAGE_DEPTH)]
             texts = [collection.corpus[d].full_text for d in candidates]
             rankings["bm25"][query_id] = candidates
             for name, backend in backends.items():

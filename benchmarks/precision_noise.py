@@ -38,7 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _local_workload as workload
-from local_backend import FIRST_STAGE_DEPTH, NDCG_TOLERANCE, build_backends, reference_model
+from local_backend import NDCG_TOLERANCE, bm25_candidates, build_backends, reference_model
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / ".cache" / "precision-noise"
@@ -52,7 +52,6 @@ Scores = dict[str, dict[str, dict[str, dict]]]
 def score_collections(variants: list[str]) -> Scores:
     """BM25 top-30 candidates per judged query, scored by fp32 and every variant."""
     from crossrank.eval.beir import load_beir
-    from crossrank.eval.bm25 import BM25Index
 
     model = reference_model()
     if model is None:
@@ -67,12 +66,10 @@ def score_collections(variants: list[str]) -> Scores:
     scored: Scores = {}
     for directory in sorted(p for p in workload.SHARED_DATA.iterdir() if p.is_dir()):
         collection = load_beir(directory)
-        doc_ids = list(collection.corpus)
-        index = BM25Index([collection.corpus[d].full_text for d in doc_ids])
         queries: dict[str, dict] = {}
-        for query_id in collection.judged_query_ids:
+        judged = list(collection.judged_query_ids)
+        for query_id, docs in bm25_candidates(collection, judged).items():
             query = collection.queries[query_id]
-            docs = [doc_ids[hit.index] for hit in index.search(query, k=FIRST_STAGE_DEPTH)]
             texts = [collection.corpus[d].full_text for d in docs]
             queries[query_id] = {
                 "docs": docs,
