@@ -35,18 +35,21 @@ TARGET_SKIP = 0.3
 POLICIES = ("margin", "entropy")
 
 
-def per_query_table(backend_name: str, seed: int, against: str) -> dict[str, np.ndarray]:
-    """Per query: collection, half, first-stage and reranked nDCG@10, and each policy's signal."""
+def per_query_table(backend_name: str, against: str) -> dict[str, np.ndarray]:
+    """Per query: collection, id, first-stage and reranked nDCG@10, and each policy's signal.
+
+    Nothing here depends on the split, so every seed reads the same table (see ``half_a``).
+    """
     from crossrank.eval.beir import load_beir
     from crossrank.eval.first_stage import FirstStage
-    from crossrank.eval.runner import caching, evaluate_runs, split_queries
+    from crossrank.eval.runner import caching, evaluate_runs
     from crossrank.eval.tune import FIRST_STAGE_RUN, ndcg_per_run, tuning_specs
     from crossrank.selective import EntropyPolicy, MarginPolicy
 
     probes = {"margin": MarginPolicy(threshold=0.0), "entropy": EntropyPolicy(threshold=0.0)}
     cache = collections_benchmark.REPO / ".cache" / "eval"
     backend = caching(collections_benchmark.backends()[backend_name])
-    columns: dict[str, list] = {"collection": [], "half_a": [], "first": [], "reranked": []}
+    columns: dict[str, list] = {"collection": [], "query_id": [], "first": [], "reranked": []}
     columns.update({kind: [] for kind in POLICIES})
     for name in collections_benchmark.COLLECTIONS:
         collection = load_beir(collections_benchmark.DATA / name)
@@ -63,16 +66,27 @@ def per_query_table(backend_name: str, seed: int, against: str) -> dict[str, np.
             query_ids=collections_benchmark.unseen_queries(backend_name, name),
         )
         ndcg = ndcg_per_run(evaluation)
-        half_a = set(split_queries(evaluation.query_ids, seed=seed)[0])
         for query_id in evaluation.query_ids:
             columns["collection"].append(name)
-            columns["half_a"].append(query_id in half_a)
+            columns["query_id"].append(query_id)
             columns["first"].append(ndcg[FIRST_STAGE_RUN][query_id])
             columns["reranked"].append(ndcg[against][query_id])
             for kind, probe in probes.items():
                 signal = probe.signal(collection.queries[query_id], evaluation.heads[query_id])
                 columns[kind].append(np.nan if signal is None else signal)
     return {key: np.asarray(values) for key, values in columns.items()}
+
+
+def half_a(table: dict[str, np.ndarray], seed: int) -> np.ndarray:
+    """Which rows fall in half A when each collection's queries are split by ``seed``."""
+    from crossrank.eval.runner import split_queries
+
+    mask = np.zeros(len(table["query_id"]), dtype=bool)
+    for name in np.unique(table["collection"]):
+        rows = np.flatnonzero(table["collection"] == name)
+        chosen = set(split_queries(list(table["query_id"][rows]), seed=seed)[0])
+        mask[rows] = [query_id in chosen for query_id in table["query_id"][rows]]
+    return mask
 
 
 def skip_and_change(
@@ -114,23 +128,23 @@ def main() -> int:
         "| seed | average | policy | threshold (from A) | skipped on B | vs always on B (points) |"
     )
     print("|---:|---|---|---:|---:|---:|")
+    table = per_query_table(args.backend, args.against)
     for seed in args.seeds:
-        table = per_query_table(args.backend, seed, args.against)
-        half_a = table["half_a"]
+        in_a = half_a(table, seed)
         for macro in (False, True):
             for kind in POLICIES:
                 signal = table[kind]
                 known = ~np.isnan(signal)
                 best: tuple[float, float, np.ndarray] | None = None
-                for threshold in np.unique(signal[half_a & known]):
+                for threshold in np.unique(signal[in_a & known]):
                     compare = signal >= threshold if skips_above[kind] else signal <= threshold
                     skip = known & compare
-                    skipped, change = skip_and_change(table, skip, half_a, macro=macro)
+                    skipped, change = skip_and_change(table, skip, in_a, macro=macro)
                     if skipped >= TARGET_SKIP and (best is None or change > best[1]):
                         best = (float(threshold), change, skip)
                 if best is None:
                     continue
-                skipped, change = skip_and_change(table, best[2], ~half_a, macro=macro)
+                skipped, change = skip_and_change(table, best[2], ~in_a, macro=macro)
                 print(
                     f"| {seed} | {'macro' if macro else 'micro'} | {kind} | {best[0]:.4f} | "
                     f"{skipped:.1%} | {change:+.2f} |",
