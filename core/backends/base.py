@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import ClassVar, Protocol, runtime_checkable
 
 
 @runtime_checkable
@@ -34,6 +35,37 @@ class Backend(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class Ranking:
+    """What a listwise reranker returns instead of scores: a 1-based rank per input text.
+
+    ``ranks[i]`` is the rank of ``texts[i]`` (1 = best); the ranks are a permutation of
+    ``1..len(texts)``. The engine turns ranks into raw scores with :func:`scores_from_ranks`,
+    so windowing, blending and normalization work unchanged; results then carry the rank the
+    backend gave in their report.
+    """
+
+    ranks: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if sorted(self.ranks) != list(range(1, len(self.ranks) + 1)):
+            raise ValueError(f"ranks must be a permutation of 1..{len(self.ranks)}")
+
+    def __len__(self) -> int:
+        return len(self.ranks)
+
+
+def scores_from_ranks(ranks: Sequence[int]) -> list[float]:
+    """Raw scores for rank-only results: ``1 - (rank - 1) / n``, so the best is 1.0.
+
+    Linear in the rank and bounded in (0, 1], which keeps softmax at temperature 1 gentle
+    (a listwise order says which is better, not by how much) and lets max-aggregation of
+    windows and score blending treat them like any other score.
+    """
+    count = len(ranks)
+    return [1.0 - (rank - 1) / count for rank in ranks]
+
+
 @runtime_checkable
 class TokenWindowing(Protocol):
     """Optional capability: lets the engine cut long texts into windows the model can read.
@@ -56,6 +88,9 @@ class BaseBackend:
     """
 
     name: str = "backend"
+    #: Constructor options that hold credentials. Whatever is given for them is wrapped in a
+    #: :class:`crossrank.Secret`, so configs, reprs and logs know them by type, not by name.
+    secret_options: ClassVar[tuple[str, ...]] = ()
 
     @property
     def model_name(self) -> str | None:
