@@ -1,89 +1,76 @@
 """crossrank: second-stage reranking for the RAG frameworks people already use.
 
-The public API lives here and nothing else does; importing crossrank pulls in no framework
-and no torch (backends import their dependencies when constructed).
+What a user imports lives here; everything else is reachable from its submodule
+(``crossrank.selective``, ``crossrank.blend``, ``crossrank.calibration``...). Importing
+crossrank pulls in no framework and no torch: backends import their dependencies when built.
 """
 
-from crossrank.backends import BACKENDS, Backend, BaseBackend, create_backend
-from crossrank.blend import Blend, ReciprocalRankBlend, WeightedBlend, parse_blend
-from crossrank.calibration import IsotonicCalibrator, PlattCalibrator, load_calibrator
-from crossrank.engine import Reranker, is_secret_option
-from crossrank.errors import (
-    BackendError,
-    BackendResponseError,
-    BackendUnavailableError,
-    ConfigurationError,
-    CrossrankError,
-    InvalidInputError,
-    MissingDependencyError,
-    ModelLoadError,
-)
-from crossrank.fusion import reciprocal_rank_fusion, weighted_score_fusion
-from crossrank.normalize import MinMax, Normalizer, Sigmoid, Softmax
-from crossrank.registry import ModelRegistry, default_registry
-from crossrank.selective import (
-    AgreementPolicy,
-    AlwaysRerank,
-    CombinedPolicy,
-    EntropyPolicy,
-    MarginPolicy,
-    NeverRerank,
-    SelectivePolicy,
-    parse_policy,
-)
-from crossrank.types import (
-    Candidate,
-    DuplicateCandidate,
-    RankedCandidate,
-    RerankReport,
-    RerankResult,
-    SelectiveDecision,
-)
+from crossrank.backends.base import Backend, BaseBackend, Ranking
+from crossrank.config import RerankerConfig
+from crossrank.engine import Reranker
+from crossrank.errors import BackendError, ConfigurationError, CrossrankError, InvalidInputError
+from crossrank.secrets import Secret
+from crossrank.types import Candidate, RankedCandidate, RerankReport, RerankResult
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BACKENDS",
-    "AgreementPolicy",
-    "AlwaysRerank",
     "Backend",
     "BackendError",
-    "BackendResponseError",
-    "BackendUnavailableError",
     "BaseBackend",
-    "Blend",
     "Candidate",
-    "CombinedPolicy",
     "ConfigurationError",
     "CrossrankError",
-    "DuplicateCandidate",
-    "EntropyPolicy",
     "InvalidInputError",
-    "IsotonicCalibrator",
-    "MarginPolicy",
-    "MinMax",
-    "MissingDependencyError",
-    "ModelLoadError",
-    "ModelRegistry",
-    "NeverRerank",
-    "Normalizer",
-    "PlattCalibrator",
     "RankedCandidate",
-    "ReciprocalRankBlend",
+    "Ranking",
     "RerankReport",
     "RerankResult",
     "Reranker",
-    "SelectiveDecision",
-    "SelectivePolicy",
-    "Sigmoid",
-    "Softmax",
-    "WeightedBlend",
-    "create_backend",
-    "default_registry",
-    "is_secret_option",
-    "load_calibrator",
-    "parse_blend",
-    "parse_policy",
-    "reciprocal_rank_fusion",
-    "weighted_score_fusion",
+    "RerankerConfig",
+    "Secret",
 ]
+
+# Names that were once exported here; they still resolve, from the module that owns them.
+_MOVED = {
+    "BACKENDS": "crossrank.backends",
+    "create_backend": "crossrank.backends",
+    "Blend": "crossrank.blend",
+    "ReciprocalRankBlend": "crossrank.blend",
+    "WeightedBlend": "crossrank.blend",
+    "parse_blend": "crossrank.blend",
+    "IsotonicCalibrator": "crossrank.calibration",
+    "PlattCalibrator": "crossrank.calibration",
+    "load_calibrator": "crossrank.calibration",
+    "BackendResponseError": "crossrank.errors",
+    "BackendUnavailableError": "crossrank.errors",
+    "MissingDependencyError": "crossrank.errors",
+    "ModelLoadError": "crossrank.errors",
+    "reciprocal_rank_fusion": "crossrank.fusion",
+    "weighted_score_fusion": "crossrank.fusion",
+    "MinMax": "crossrank.normalize",
+    "Normalizer": "crossrank.normalize",
+    "Sigmoid": "crossrank.normalize",
+    "Softmax": "crossrank.normalize",
+    "ModelRegistry": "crossrank.registry",
+    "default_registry": "crossrank.registry",
+    "AgreementPolicy": "crossrank.selective",
+    "AlwaysRerank": "crossrank.selective",
+    "CombinedPolicy": "crossrank.selective",
+    "EntropyPolicy": "crossrank.selective",
+    "MarginPolicy": "crossrank.selective",
+    "NeverRerank": "crossrank.selective",
+    "SelectivePolicy": "crossrank.selective",
+    "parse_policy": "crossrank.selective",
+    "DuplicateCandidate": "crossrank.types",
+    "SelectiveDecision": "crossrank.types",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _MOVED.get(name)
+    if module is None:
+        raise AttributeError(f"module 'crossrank' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

@@ -20,14 +20,14 @@ from typing import Any
 import numpy as np
 
 from crossrank.backends import create_backend
-from crossrank.backends.base import Backend, TokenWindowing
-from crossrank.blend import Blend, parse_blend
+from crossrank.backends.base import Backend, Ranking, TokenWindowing, scores_from_ranks
+from crossrank.blend import parse_blend
+from crossrank.config import RerankerConfig
 from crossrank.errors import BackendError, BackendResponseError, ConfigurationError, CrossrankError
 from crossrank.log_limit import WarningThrottle
 from crossrank.normalize import (
     Identity,
     MinMax,
-    Normalizer,
     Sigmoid,
     Softmax,
     resolve_normalizer,
@@ -42,21 +42,8 @@ from crossrank.types import (
     RerankStatus,
     SelectiveDecision,
 )
-from crossrank.validation import (
-    check_choice,
-    check_query,
-    check_threshold,
-    check_top_n,
-    to_candidates,
-)
-from crossrank.windows import (
-    AGGREGATIONS,
-    Aggregation,
-    WindowPlan,
-    aggregate,
-    no_windows,
-    plan_windows,
-)
+from crossrank.validation import check_query, check_threshold, check_top_n, to_candidates
+from crossrank.windows import Aggregation, WindowPlan, aggregate, no_windows, plan_windows
 
 logger = logging.getLogger("crossrank")
 
@@ -75,6 +62,7 @@ class _Call:
     threshold: float | None
     started: float
     timings_ms: dict[str, float] = field(default_factory=dict)
+    scored_from_ranks: bool = False
 
     def lap(self, stage: str, since: float) -> float:
         now = time.perf_counter()
@@ -112,141 +100,115 @@ def deduplicate(
 class Reranker:
     """Second-stage reranking over any backend; the single entry point of crossrank.
 
+    Give a :class:`~crossrank.RerankerConfig` or the same options as keywords (engine options
+    by name, anything else goes to the backend)::
+
+        reranker = Reranker("embedding", top_n=3)
+        reranker = Reranker(config=RerankerConfig(backend="cohere", top_n=5))
+
     Construction is cheap: models load on the first call that has something to score, once
     per process (see :mod:`crossrank.registry`), so building a ``Reranker`` per request or
-    per adapter is fine.
+    per adapter is fine. A reranker pickles and deep-copies when its backend does (local
+    models are shared through the registry, not copied); one that holds a token secret
+    refuses to pickle rather than carry the key. ``close()`` / ``aclose()`` (or ``with`` /
+    ``async with``) release the backend's connections.
     """
 
     def __init__(
         self,
-        backend: Backend | str = "cross-encoder",
+        backend: Backend | str | None = None,
         *,
-        model: str | None = None,
-        backend_options: Mapping[str, Any] | None = None,
-        top_n: int | None = None,
-        normalization: str | Normalizer = "softmax",
-        temperature: float = 1.0,
-        threshold: float | None = None,
-        selective: SelectivePolicy | str | None = None,
-        blend: Blend | str | None = None,
-        windowing: bool = True,
-        window_stride: int = 32,
-        window_aggregation: Aggregation = "max",
-        deduplicate: bool = True,
-        strict: bool = False,
+        config: RerankerConfig | None = None,
+        **options: Any,
     ) -> None:
-        options = dict(backend_options or {})
-        self._backend_spec: tuple[str, dict[str, Any]] | None = None
-        if isinstance(backend, str):
-            if model is not None:
-                options["model"] = model
-            self.backend: Backend = create_backend(backend, **options)
-            self._backend_spec = (backend, options)
-        elif isinstance(backend, Backend):
-            if model is not None or options:
+        if config is not None:
+            if not isinstance(config, RerankerConfig):
                 raise ConfigurationError(
-                    "model and backend_options apply only when backend is given by name; "
-                    f"configure the {type(backend).__name__} instance instead"
+                    f"config must be a RerankerConfig, got {type(config).__name__}; use "
+                    "Reranker.from_config() for a saved dict"
                 )
-            self.backend = backend
+            if backend is not None or options:
+                if backend is not None:
+                    options["backend"] = backend
+                config = config.replace(**options)
         else:
-            raise ConfigurationError(
-                f"backend must be a backend name or an object with score/ascore, got {backend!r}"
-            )
-        self.normalizer = resolve_normalizer(normalization, temperature=temperature)
-        self.top_n = check_top_n(top_n)
-        self.threshold = check_threshold(threshold, self.normalizer.bounds, self.normalizer.name)
-        if isinstance(selective, str):
-            selective = parse_policy(selective)
-        if selective is not None and not isinstance(selective, SelectivePolicy):
-            raise ConfigurationError(
-                f"selective must be a policy spec (e.g. 'margin:0.3') or a SelectivePolicy, "
-                f"got {selective!r}"
-            )
-        self.selective: SelectivePolicy = selective or AlwaysRerank()
-        self.blend = parse_blend(blend)
-        if (
-            isinstance(window_stride, bool)
-            or not isinstance(window_stride, int)
-            or window_stride < 0
-        ):
-            raise ConfigurationError(
-                f"window_stride must be an integer >= 0, got {window_stride!r}"
-            )
-        self.windowing = bool(windowing)
-        self.window_stride = window_stride
-        self.window_aggregation: Aggregation = check_choice(  # type: ignore[assignment]
-            "window_aggregation", window_aggregation, AGGREGATIONS
+            config = RerankerConfig.from_options(backend, **options)
+        self.config = config
+        if isinstance(config.backend, str):
+            self.backend: Backend = create_backend(config.backend, **config.backend_options)
+        else:
+            self.backend = config.backend
+        self.normalizer = resolve_normalizer(config.normalization, temperature=config.temperature)
+        selective = config.selective
+        self.selective: SelectivePolicy = (
+            parse_policy(selective) if isinstance(selective, str) else selective or AlwaysRerank()
         )
-        self.deduplicate = bool(deduplicate)
-        self.strict = bool(strict)
-        self._normalization_spec = normalization if isinstance(normalization, str) else None
-        self._temperature = temperature
+        self.blend = parse_blend(config.blend)
+        self.window_aggregation: Aggregation = config.window_aggregation  # type: ignore[assignment]
         # Each fallback result is flagged; the log gets the first of a burst, not every one.
         self._fallback_warnings = WarningThrottle(logger)
+
+    # Options read on every call, kept as attributes for readability at the call sites.
+    top_n = property(lambda self: self.config.top_n)
+    threshold = property(lambda self: self.config.threshold)
+    windowing = property(lambda self: self.config.windowing)
+    window_stride = property(lambda self: self.config.window_stride)
+    deduplicate = property(lambda self: self.config.deduplicate)
+    strict = property(lambda self: self.config.strict)
 
     # -- configuration ----------------------------------------------------------------------
 
     def to_config(self) -> dict[str, Any]:
-        """A JSON-able description that :meth:`from_config` turns back into an equal reranker.
-
-        Secrets are never part of it: options whose name mentions a key, token or secret are
-        dropped, so API backends must read them from the environment (or be given them again).
-        """
-        if self._backend_spec is None:
-            raise ConfigurationError(
-                f"this Reranker wraps a {type(self.backend).__name__} instance; only rerankers "
-                "whose backend was given by name can be serialized"
-            )
-        if self._normalization_spec is None:
-            raise ConfigurationError(
-                f"normalization {self.normalizer.name!r} is an object; pass it again on load"
-            )
-        backend_name, backend_options = self._backend_spec
-        selective_spec = getattr(self.selective, "spec", None)
-        if selective_spec is None:
-            raise ConfigurationError(
-                f"selective policy {self.selective.name!r} has no spec and cannot be serialized"
-            )
-        return {
-            "backend": backend_name,
-            "backend_options": {
-                name: value for name, value in backend_options.items() if not is_secret_option(name)
-            },
-            "top_n": self.top_n,
-            "normalization": self._normalization_spec,
-            "temperature": self._temperature,
-            "threshold": self.threshold,
-            "selective": selective_spec,
-            "blend": getattr(self.blend, "spec", None),
-            "windowing": self.windowing,
-            "window_stride": self.window_stride,
-            "window_aggregation": self.window_aggregation,
-            "deduplicate": self.deduplicate,
-            "strict": self.strict,
-        }
+        """``config.to_dict()``: JSON-able, credential-free, read back by :meth:`from_config`."""
+        return self.config.to_dict()
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], **overrides: Any) -> Reranker:
-        """Rebuild a reranker from :meth:`to_config` output; ``overrides`` win (e.g. api keys)."""
-        if not isinstance(config, Mapping):
-            raise ConfigurationError(f"reranker config must be a mapping, got {config!r}")
-        options = dict(config)
-        unknown = set(options) - set(_CONFIG_KEYS)
-        if unknown:
-            raise ConfigurationError(f"unknown reranker config keys: {sorted(unknown)}")
-        backend_options = dict(_mapping_option(options.pop("backend_options", None)))
-        backend_options.update(_mapping_option(overrides.pop("backend_options", None)))
-        options.update(overrides)
-        return cls(
-            options.pop("backend", "cross-encoder"), backend_options=backend_options, **options
-        )
+    def from_config(
+        cls, config: RerankerConfig | Mapping[str, Any], **overrides: Any
+    ) -> Reranker:
+        """A reranker from a config or its saved dict; ``overrides`` win (e.g. ``api_key=``)."""
+        if isinstance(config, RerankerConfig):
+            return cls(config=config.replace(**overrides) if overrides else config)
+        return cls(config=RerankerConfig.from_dict(config, **overrides))
 
     def __repr__(self) -> str:
         return (
             f"Reranker(backend={self.backend.name!r}, model={self.backend.model_name!r}, "
             f"normalization={self.normalizer.name!r}, top_n={self.top_n!r})"
         )
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the backend's connections (HTTP clients); the reranker stays usable."""
+        close = getattr(self.backend, "close", None)
+        if callable(close):
+            close()
+
+    async def aclose(self) -> None:
+        """Async twin of :meth:`close`, for clients that belong to the running event loop."""
+        aclose = getattr(self.backend, "aclose", None)
+        if callable(aclose):
+            await aclose()
+        else:
+            self.close()
+
+    def __enter__(self) -> Reranker:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Reranker:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A backend given by name is rebuilt from the config (its model comes from the
+        # registry); one given as an instance travels inside the config. Locks are new.
+        return (_rebuild_reranker, (self.config,))
 
     # -- public API -------------------------------------------------------------------------
 
@@ -356,8 +318,11 @@ class Reranker:
             call.windows = no_windows(texts)
         call.lap("windows", started)
 
-    def _finish(self, call: _Call, window_scores: Sequence[float]) -> RerankResult:
+    def _finish(self, call: _Call, window_scores: Sequence[float] | Ranking) -> RerankResult:
         started = time.perf_counter()
+        if isinstance(window_scores, Ranking):
+            window_scores = scores_from_ranks(window_scores.ranks)
+            call.scored_from_ranks = True
         scores = _checked_scores(window_scores, len(call.windows.window_texts), self.backend.name)
         raw = aggregate(call.windows, scores, self.window_aggregation)
         if self.blend is not None:
@@ -459,6 +424,7 @@ class Reranker:
             blend=self.blend.name if (self.blend is not None and scored) else None,
             error=error,
             timings_ms=dict(call.timings_ms),
+            scores_from_ranks=call.scored_from_ranks and scored,
         )
         return RerankResult(query=call.query, ranked=tuple(ranked), report=report)
 
@@ -466,41 +432,8 @@ class Reranker:
 # Normalizations that mean the same on any score scale, first-stage scores included.
 _SCALE_FREE_NORMALIZERS = (Softmax, Sigmoid, MinMax, Identity)
 
-_CONFIG_KEYS = (
-    "backend",
-    "backend_options",
-    "top_n",
-    "normalization",
-    "temperature",
-    "threshold",
-    "selective",
-    "blend",
-    "windowing",
-    "window_stride",
-    "window_aggregation",
-    "deduplicate",
-    "strict",
-)
-
-
-def _mapping_option(value: Any) -> Mapping[str, Any]:
-    """``backend_options`` from a config: a mapping with string keys, or nothing."""
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
-        raise ConfigurationError(
-            f"backend_options must be a mapping of option names to values, got {value!r}"
-        )
-    return value
-
-
-_SECRET_WORDS = ("key", "token", "secret", "password")
-
-
-def is_secret_option(name: str) -> bool:
-    """Option names that may hold credentials and must never be serialized or logged."""
-    lowered = name.lower()
-    return any(word in lowered for word in _SECRET_WORDS)
+def _rebuild_reranker(config: RerankerConfig) -> Reranker:
+    return Reranker(config=config)
 
 
 def _checked_scores(scores: Sequence[float], expected: int, backend: str) -> list[float]:

@@ -43,7 +43,7 @@ class Secret:
             raise ConfigurationError("a secret token must be a non-empty string")
         for name in env_vars:
             if not isinstance(name, str) or not name.strip():
-                raise ConfigurationError(f"environment variable names must be strings, got {name!r}")
+                raise ConfigurationError(f"environment variable names must be text, got {name!r}")
         self._token = token.strip() if token is not None else None
         self._env_vars = tuple(env_vars)
         self._strict = bool(strict)
@@ -131,6 +131,12 @@ class Secret:
 
     def __format__(self, format_spec: str) -> str:
         return repr(self)
+
+    def __copy__(self) -> Secret:
+        return self  # immutable: a copy inside this process may share it
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Secret:
+        return self
 
     def __reduce__(self) -> Any:
         if self._token is not None:

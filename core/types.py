@@ -88,6 +88,9 @@ class RerankReport:
     blend: str | None = None
     error: str | None = None
     timings_ms: Mapping[str, float] = field(default_factory=dict)
+    #: True when a listwise backend gave ranks, not scores: raw scores are then
+    #: ``1 - (rank - 1) / n`` (see :func:`crossrank.backends.base.scores_from_ranks`).
+    scores_from_ranks: bool = False
 
     @property
     def reranked(self) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from numbers import Real
 from typing import Any
 
 from crossrank.errors import InvalidInputError
@@ -40,7 +41,7 @@ def check_threshold(
 ) -> float | None:
     if threshold is None:
         return None
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+    if not is_real_number(threshold):
         raise InvalidInputError(f"threshold must be a number or None, got {_short(threshold)}")
     low, high = bounds
     if not math.isfinite(threshold) or not low <= threshold <= high:
@@ -82,7 +83,7 @@ def check_candidate(candidate: Candidate, position: int) -> None:
         )
     score = candidate.first_stage_score
     if score is not None:
-        if isinstance(score, bool) or not isinstance(score, (int, float)):
+        if not is_real_number(score):
             raise InvalidInputError(
                 f"candidate {position} (id={candidate.id!r}) first_stage_score must be a number, "
                 f"got {_short(score)}"
@@ -92,6 +93,11 @@ def check_candidate(candidate: Candidate, position: int) -> None:
                 f"candidate {position} (id={candidate.id!r}) first_stage_score must be finite, "
                 f"got {score!r}"
             )
+
+
+def is_real_number(value: Any) -> bool:
+    """Any real number type (NumPy scalars included, as retrievers often return), not bool."""
+    return isinstance(value, Real) and not isinstance(value, bool)  # numpy.bool_ is no Real
 
 
 def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:

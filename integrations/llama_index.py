@@ -2,32 +2,20 @@
 
 Pass it in ``node_postprocessors=[...]`` of a query engine, or call ``postprocess_nodes``
 yourself. It only translates: ``NodeWithScore`` -> ``Candidate`` -> ``Reranker`` -> new
-``NodeWithScore``; deduplication (by node id), ``top_n``, thresholds and normalization are the
-engine's decisions.
-
-The reranker reads each node's ``get_content(MetadataMode.EMBED)``, the text the embedding
-model saw, so metadata a user chose to embed is also what the reranker judges.
+``NodeWithScore``; every ranking decision is the engine's. The reranker reads each node's
+``get_content(MetadataMode.EMBED)``, the text the embedding model saw.
 
 Every returned ``NodeWithScore`` is new and carries crossrank's score in ``score``. With
-``keep_retrieval_score=True`` (the default) its node is a copy (same ``node_id``, same
-relationships; nested metadata values shared, never modified) whose metadata gains:
+``keep_retrieval_score=True`` (the default) its node is a copy (same ``node_id``, nested
+metadata shared, never modified) whose metadata gains ``retrieval_score`` (LlamaIndex's own
+key for the score it arrived with) and the keys every crossrank adapter writes
+(``first_stage_rank``, ``rerank_raw_score``, ``rerank_status``, ``rerank_error`` on
+fallback). They are added to the copy's excluded embed/LLM keys, so they never reach the
+prompt. With ``keep_retrieval_score=False`` the caller's nodes are reused as they are.
 
-``retrieval_score``
-    The score the node arrived with (LlamaIndex's own key for it), when it had one.
-``rerank_status``
-    What the engine did: ``"reranked"``, ``"skipped"`` (a selective policy trusted the
-    retriever) or ``"fallback"`` (the backend failed; retrieval order was kept).
-``rerank_error``
-    Only on fallback: the backend's error message.
-
-These keys are added to the copy's excluded embed/LLM metadata keys, so they never reach the
-LLM prompt or change the text a later reranker reads. With ``keep_retrieval_score=False`` the
-caller's node objects are reused as they are (never modified).
-
-Like LlamaIndex's own rerankers it emits ``ReRankStartEvent``/``ReRankEndEvent`` on the
-instrumentation dispatcher and a ``CBEventType.RERANKING`` callback event.
-
-Requires ``llama-index-core`` (``pip install 'crossrank[llama-index]'``).
+Like LlamaIndex's own rerankers it emits ``ReRankStartEvent``/``ReRankEndEvent`` and a
+``CBEventType.RERANKING`` callback event. Requires ``llama-index-core``
+(``pip install 'crossrank[llama-index]'``).
 """
 
 from __future__ import annotations
@@ -36,9 +24,9 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from crossrank import Candidate, InvalidInputError, Reranker, RerankResult
+from crossrank import Candidate, Reranker, RerankerConfig, RerankResult
 from crossrank.errors import missing_dependency
-from crossrank.integrations._options import config_of, resolve_reranker
+from crossrank.integrations import _shared
 
 try:
     from llama_index.core.bridge.pydantic import Field, PrivateAttr
@@ -52,39 +40,34 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 dispatcher = get_dispatcher(__name__)
 
-#: LlamaIndex's rerankers (SentenceTransformerRerank, CohereRerank) keep two nodes by default.
-DEFAULT_TOP_N = 2
-
+DEFAULT_TOP_N = _shared.FRAMEWORK_TOP_N["llama_index"]
 RETRIEVAL_SCORE = "retrieval_score"
-RERANK_STATUS = "rerank_status"
-RERANK_ERROR = "rerank_error"
 
 
 class CrossrankPostprocessor(BaseNodePostprocessor):
     """Reranks retrieved nodes with a crossrank :class:`~crossrank.Reranker`.
 
-    Give either a ready ``reranker=`` or the keyword options of :class:`~crossrank.Reranker`
-    (``backend``, ``model``, ``normalization``...) to build one; models are loaded once per
-    process either way, so many postprocessors over one model cost one model in memory.
+    Give a ready ``reranker=``, a ``config=`` (:class:`~crossrank.RerankerConfig` or its
+    dict), or the reranker's keyword options; ``top_n`` defaults to 2, LlamaIndex's
+    convention. Many postprocessors over one model cost one model in memory. ``to_dict()``
+    holds the credential-free ``config``, so ``from_dict`` rebuilds it; pickling keeps the
+    reranker (or refuses, naming why, when it holds a literal key).
 
-    ``top_n`` (default 2, LlamaIndex's convention) and ``threshold`` are passed to the engine
-    on every call and override the reranker's own; ``top_n=None`` defers to the reranker.
-
-    ``to_dict()`` holds ``reranker_config``, the reranker's secret-free
-    :meth:`~crossrank.Reranker.to_config`, so ``from_dict`` rebuilds an equal postprocessor;
-    it is ``None`` for rerankers built around a backend instance.
+    Example:
+        >>> from llama_index.core.schema import TextNode
+        >>> post = CrossrankPostprocessor(backend="embedding", top_n=1)
+        >>> texts = ("Oslo office", "refunds: 5 days")
+        >>> nodes = [NodeWithScore(node=TextNode(text=text)) for text in texts]
+        >>> post.postprocess_nodes(nodes, query_str="refund time")[0].node.get_content()
+        'refunds: 5 days'
     """
 
-    top_n: int | None = Field(default=DEFAULT_TOP_N, description="Nodes kept per query.")
-    threshold: float | None = Field(
-        default=None, description="Drop nodes whose normalized score is below this."
+    config: dict[str, Any] | None = Field(
+        default=None, description="Credential-free RerankerConfig dict (read-only)."
     )
     keep_retrieval_score: bool = Field(
         default=True,
         description="Copy nodes to record the retrieval score and rerank status in metadata.",
-    )
-    reranker_config: dict[str, Any] | None = Field(
-        default=None, description="Secret-free config of the reranker (read-only)."
     )
 
     _reranker: Reranker = PrivateAttr()
@@ -93,27 +76,33 @@ class CrossrankPostprocessor(BaseNodePostprocessor):
         self,
         *,
         reranker: Reranker | None = None,
-        top_n: int | None = DEFAULT_TOP_N,
-        threshold: float | None = None,
+        config: RerankerConfig | Mapping[str, Any] | None = None,
         keep_retrieval_score: bool = True,
-        reranker_config: Mapping[str, Any] | None = None,
         callback_manager: Any = None,
-        **reranker_options: Any,
+        **options: Any,
     ) -> None:
-        built = resolve_reranker(reranker, reranker_config, reranker_options)
+        built = _shared.build_reranker(
+            "llama_index", reranker=reranker, config=config, options=options
+        )
         fields: dict[str, Any] = {
-            "top_n": top_n,
-            "threshold": threshold,
+            "config": _shared.saved_config(built),
             "keep_retrieval_score": keep_retrieval_score,
-            "reranker_config": config_of(built),
         }
         if callback_manager is not None:
             fields["callback_manager"] = callback_manager
         super().__init__(**fields)
-        # Fail at construction, not at the first query, on a bad top_n or threshold: an empty
-        # call runs the engine's own checks and nothing else.
-        built.rerank("validate options", [], top_n=top_n, threshold=threshold)
         self._reranker = built
+
+    def __getstate__(self) -> dict[Any, Any]:
+        # LlamaIndex's pickling drops private attributes; the reranker must travel with it.
+        state = super().__getstate__()
+        state["__crossrank_reranker__"] = self._reranker
+        return state  # type: ignore[no-any-return]
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        reranker = state.pop("__crossrank_reranker__")
+        super().__setstate__(state)
+        self._reranker = reranker
 
     @classmethod
     def class_name(cls) -> str:
@@ -139,9 +128,7 @@ class CrossrankPostprocessor(BaseNodePostprocessor):
         if not nodes:
             return []
         with self._reranking_events(nodes, query_bundle, query) as finish:
-            result = self._reranker.rerank(
-                query, _candidates(nodes), top_n=self.top_n, threshold=self.threshold
-            )
+            result = self._reranker.rerank(query, _candidates(nodes))
             return finish(result)
 
     async def _apostprocess_nodes(
@@ -153,9 +140,7 @@ class CrossrankPostprocessor(BaseNodePostprocessor):
         if not nodes:
             return []
         with self._reranking_events(nodes, query_bundle, query) as finish:
-            result = await self._reranker.arerank(
-                query, _candidates(nodes), top_n=self.top_n, threshold=self.threshold
-            )
+            result = await self._reranker.arerank(query, _candidates(nodes))
             return finish(result)
 
     # -- events -----------------------------------------------------------------------------
@@ -187,7 +172,7 @@ class CrossrankPostprocessor(BaseNodePostprocessor):
                 query=query_bundle,
                 nodes=nodes,
                 # The event wants an int: "no limit" is reported as "all of them".
-                top_n=self.top_n if self.top_n is not None else len(nodes),
+                top_n=self._reranker.top_n or len(nodes),
                 model_name=self.model_name,
             )
         )
@@ -197,24 +182,21 @@ class CrossrankPostprocessor(BaseNodePostprocessor):
             EventPayload.NODES: nodes,
             EventPayload.MODEL_NAME: self.model_name,
             EventPayload.QUERY_STR: query,
-            EventPayload.TOP_K: self.top_n,
+            EventPayload.TOP_K: self._reranker.top_n,
         }
 
     # -- translation ------------------------------------------------------------------------
 
     def _nodes(self, nodes: list[NodeWithScore], result: RerankResult) -> list[NodeWithScore]:
-        report = result.report
-        annotations: dict[str, Any] = {RERANK_STATUS: report.status}
-        if report.error is not None:
-            annotations[RERANK_ERROR] = report.error
         reranked = []
         for item in result:
             original = nodes[item.input_index]
             node = original.node
             if self.keep_retrieval_score:
-                added = dict(annotations)
-                if original.score is not None:
-                    added[RETRIEVAL_SCORE] = original.score
+                added = _shared.result_metadata(item, result.report)
+                first_stage = added.pop(_shared.FIRST_STAGE_SCORE, None)
+                if first_stage is not None:
+                    added[RETRIEVAL_SCORE] = first_stage
                 node = node.model_copy(
                     update={
                         "metadata": {**node.metadata, **added},
@@ -240,22 +222,16 @@ def _query_of(query_bundle: QueryBundle | None) -> str:
 
 
 def _candidates(nodes: list[NodeWithScore]) -> list[Candidate]:
-    candidates = []
-    for position, node_with_score in enumerate(nodes):
-        if not isinstance(node_with_score, NodeWithScore):
-            raise InvalidInputError(
-                f"node {position} must be a NodeWithScore, got {type(node_with_score).__name__}"
-            )
-        node = node_with_score.node
-        candidates.append(
-            Candidate(
-                text=node.get_content(metadata_mode=MetadataMode.EMBED),
-                id=node.node_id,
-                first_stage_score=node_with_score.score,
-                metadata=node.metadata,
-            )
+    return [
+        _shared.candidate(
+            scored.node.get_content(metadata_mode=MetadataMode.EMBED),
+            id=scored.node.node_id,
+            score=scored.score,
+            metadata=scored.node.metadata,
+            position=position,
         )
-    return candidates
+        for position, scored in enumerate(_shared.documents_of(nodes, NodeWithScore, "llama_index"))
+    ]
 
 
 def _with_keys(keys: list[str], added: Mapping[str, Any]) -> list[str]:

@@ -24,15 +24,25 @@ BACKENDS: dict[str, str] = {
 
 
 def backend_class(name: str) -> type[Any]:
-    """The class behind a short backend name."""
-    target = BACKENDS.get(name.strip().lower())
+    """The class behind a short backend name or an import path ``"package.module:Class"``."""
+    if not isinstance(name, str):
+        raise ConfigurationError(f"a backend name must be a string, got {name!r}")
+    target = name.strip() if ":" in name else BACKENDS.get(name.strip().lower())
     if target is None:
         raise ConfigurationError(
-            f"unknown backend {name!r}; expected one of {sorted(BACKENDS)} or a Backend instance"
+            f"unknown backend {name!r}; expected one of {sorted(BACKENDS)}, an import path "
+            "'package.module:Class', or a Backend instance"
         )
     module_name, _, class_name = target.partition(":")
-    module = importlib.import_module(module_name)
-    return getattr(module, class_name)  # type: ignore[no-any-return]
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        if isinstance(exc, ImportError) and module_name.startswith("crossrank."):
+            raise  # a missing optional dependency names its extra; let it say so
+        raise ConfigurationError(f"cannot import backend {target!r}: {exc}") from exc
+    if not isinstance(cls, type):
+        raise ConfigurationError(f"backend {target!r} is not a class")
+    return cls
 
 
 def create_backend(name: str, **options: Any) -> Backend:
