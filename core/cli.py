@@ -21,6 +21,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "choose a selective-reranking / blending configuration from labelled data",
     ),
     "finetune": ("crossrank.finetune", "fine-tune a cross-encoder on BEIR relevance judgments"),
+    "serve": (
+        "crossrank.serve.command",
+        "serve the reranker over HTTP (Cohere v2 and TEI formats), optionally on Ray Serve",
+    ),
+    "batch": (
+        "crossrank.serve.batch_command",
+        "rerank a JSONL / Parquet file or a BEIR folder into an output file, locally or on Ray",
+    ),
 }
 
 
