@@ -62,6 +62,8 @@ def resolve_config(
             raise ConfigurationError(
                 f"reranker must be a crossrank.Reranker, got {type(reranker).__name__}"
             )
+        if "backend" in options:
+            raise ConfigurationError("give only one of reranker= and backend=")
         base = reranker.config
     elif config is not None:
         base = RerankerConfig.from_dict(config) if isinstance(config, Mapping) else config

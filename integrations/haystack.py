@@ -77,15 +77,19 @@ class CrossrankRanker:
         )
         self.meta_fields_to_embed = list(meta_fields_to_embed or [])
         self.embedding_separator = embedding_separator
+        self._warm = False
 
     def warm_up(self) -> None:
         """Build the backend and load its model; a bad model path or missing key raises here."""
         with _WARM_UP:
+            if self._warm:
+                return
             if self._reranker is None:
                 self._reranker = Reranker(config=self.config)
             load = getattr(self._reranker.backend, "load", None)
             if callable(load):
                 load()
+            self._warm = True
 
     async def warm_up_async(self) -> None:
         """Haystack 3 warms components up on the serving loop; keep the model load off it."""
@@ -102,7 +106,8 @@ class CrossrankRanker:
         if literal_keys or not self.config.serializable:
             raise SerializationError(
                 f"CrossrankRanker cannot be saved: {literal_keys or 'a backend instance'} "
-                "cannot be written down; use Secret.from_env_var(...) and a backend by name"
+                "(token secrets and backend instances are never written: use "
+                "Secret.from_env_var and a backend by name)"
             )
         return default_to_dict(  # type: ignore[no-any-return]
             self,
@@ -133,7 +138,7 @@ class CrossrankRanker:
         candidates = self._candidates(documents)
         if not candidates:
             return {"documents": []}
-        if self._reranker is None:
+        if not self._warm:
             self.warm_up()
         assert self._reranker is not None
         result = self._reranker.rerank(query, candidates, top_n=top_k, threshold=score_threshold)
@@ -151,7 +156,7 @@ class CrossrankRanker:
         candidates = self._candidates(documents)
         if not candidates:
             return {"documents": []}
-        if self._reranker is None:
+        if not self._warm:
             await self.warm_up_async()
         assert self._reranker is not None
         result = await self._reranker.arerank(

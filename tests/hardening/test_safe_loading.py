@@ -272,7 +272,7 @@ def test_adapters_never_serialize_the_key(
 
     compressor = CrossrankCompressor(backend="jina", backend_options=options)
     serialized += [compressor.model_dump_json(), repr(compressor), str(compressor.model_dump())]
-    assert compressor.reranker_config is not None
+    assert compressor.config is not None
 
     pytest.importorskip("llama_index.core")
     from crossrank.integrations.llama_index import CrossrankPostprocessor

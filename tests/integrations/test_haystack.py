@@ -216,7 +216,7 @@ def test_to_dict_round_trip_keeps_every_option() -> None:
         backend_options={"device": "cpu", "batch_size": 4},
         top_k=3,
         score_threshold=0.2,
-        scale_score=True,
+        normalization="sigmoid",
         meta_fields_to_embed=["title"],
         embedding_separator=" | ",
         selective="always",
@@ -230,19 +230,22 @@ def test_to_dict_round_trip_keeps_every_option() -> None:
     assert data["type"] == CANONICAL_TYPE
     restored = CrossrankRanker.from_dict(copy.deepcopy(data))
     assert restored.to_dict() == data
-    assert restored.resolved_normalization == "sigmoid"
+    assert restored.config.normalization == "sigmoid"
+    assert restored.config == ranker.config
 
 
 def test_env_var_secret_is_serialized_as_a_reference_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("COHERE_API_KEY", "sk-plaintext-must-not-leak")
-    ranker = CrossrankRanker(backend="cohere", model="rerank-v3.5")
+    ranker = CrossrankRanker(
+        backend="cohere", model="rerank-v3.5", api_key=Secret.from_env_var("COHERE_API_KEY")
+    )
     data = ranker.to_dict()
-    assert data["init_parameters"]["api_key"] == {
+    assert data["init_parameters"]["config"]["backend_options"]["api_key"] == {
         "type": "env_var",
-        "env_vars": ["COHERE_API_KEY", "CO_API_KEY"],
-        "strict": False,
+        "env_vars": ["COHERE_API_KEY"],
+        "strict": True,
     }
     pipeline = Pipeline()
     pipeline.add_component("ranker", ranker)
@@ -252,8 +255,8 @@ def test_env_var_secret_is_serialized_as_a_reference_only(
 
     loaded = Pipeline.loads(yaml_text).get_component("ranker")
     assert isinstance(loaded, CrossrankRanker)
-    assert loaded.api_key is not None
-    assert loaded.api_key.resolve_value() == "sk-plaintext-must-not-leak"
+    key = loaded.config.backend_options["api_key"]
+    assert key.resolve_value() == "sk-plaintext-must-not-leak"
 
 
 def test_a_fresh_process_loads_the_yaml_through_the_installed_package(tmp_path: Path) -> None:
@@ -270,7 +273,7 @@ def test_a_fresh_process_loads_the_yaml_through_the_installed_package(tmp_path: 
         from haystack import Pipeline
         assert not any(name.startswith("crossrank") for name in sys.modules)
         ranker = Pipeline.loads(open("pipeline.yaml").read()).get_component("ranker")
-        print(type(ranker).__module__, type(ranker).__name__, ranker.top_k)
+        print(type(ranker).__module__, type(ranker).__name__, ranker.config.top_n)
         """
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -297,17 +300,21 @@ def test_a_fresh_process_loads_the_yaml_through_the_installed_package(tmp_path: 
 def test_custom_env_var_secret_round_trips() -> None:
     secret = Secret.from_env_var("MY_JINA_KEY", strict=False)
     data = CrossrankRanker(backend="jina", api_key=secret).to_dict()
-    assert data["init_parameters"]["api_key"]["env_vars"] == ["MY_JINA_KEY"]
-    assert CrossrankRanker.from_dict(data).api_key == secret
+    assert data["init_parameters"]["config"]["backend_options"]["api_key"]["env_vars"] == [
+        "MY_JINA_KEY"
+    ]
+    assert CrossrankRanker.from_dict(data).config.backend_options["api_key"].to_dict() == (
+        secret.to_dict()
+    )
 
 
 def test_token_secret_refuses_to_serialize() -> None:
     ranker = CrossrankRanker(backend="cohere", api_key=Secret.from_token("sk-token-value"))
-    with pytest.raises(ValueError, match="token"):
+    with pytest.raises(SerializationError, match="token"):
         ranker.to_dict()
     pipeline = Pipeline()
     pipeline.add_component("ranker", ranker)
-    with pytest.raises(ValueError, match="token"):
+    with pytest.raises(SerializationError, match="token"):
         pipeline.dumps()
 
 
@@ -320,9 +327,10 @@ def test_token_secret_reaches_the_backend() -> None:
     assert "sk-token-value" not in repr(backend)
 
 
-def test_plain_keys_in_backend_options_are_refused() -> None:
-    with pytest.raises(ConfigurationError, match="api_key=Secret"):
-        CrossrankRanker(backend="cohere", backend_options={"api_key": "sk-plain"})
+def test_plain_keys_in_backend_options_are_never_serialized() -> None:
+    ranker = CrossrankRanker(backend="cohere", backend_options={"api_key": "sk-plain"})
+    with pytest.raises(SerializationError, match="api_key"):
+        ranker.to_dict()
 
 
 def test_a_backend_instance_cannot_be_serialized() -> None:
@@ -341,8 +349,8 @@ def test_construction_is_light_and_checks_options() -> None:
     with pytest.raises(InvalidInputError, match="top_n"):
         CrossrankRanker(backend=KeywordBackend(), top_k=0)
     with pytest.raises(ConfigurationError, match="not both"):
-        CrossrankRanker(backend=KeywordBackend(), normalization="softmax", scale_score=True)
-    with pytest.raises(ConfigurationError, match="api_key applies only"):
+        CrossrankRanker(reranker=Reranker(KeywordBackend()), config={"backend": "embedding"})
+    with pytest.raises(ConfigurationError, match=r"unknown option\(s\) \['api_key'\]"):
         CrossrankRanker(backend="embedding", api_key=Secret.from_env_var("X", strict=False))
     with pytest.raises(ConfigurationError, match="meta_fields_to_embed"):
         CrossrankRanker(backend=KeywordBackend(), meta_fields_to_embed="title")  # type: ignore[arg-type]
@@ -451,13 +459,13 @@ def test_top_k_and_threshold_can_be_overridden_per_run() -> None:
     assert all(d.score >= 1.5 for d in kept["documents"])  # type: ignore[operator]
 
 
-def test_scale_score_maps_to_the_engine_normalization() -> None:
+def test_normalization_none_and_sigmoid_give_raw_and_scaled_scores() -> None:
     documents = retrieved()
-    raw = CrossrankRanker(backend=KeywordBackend(), scale_score=False).run(
+    raw = CrossrankRanker(backend=KeywordBackend(), normalization="none").run(
         query=QUERY, documents=documents
     )["documents"]
     assert all(d.score == d.meta["rerank_raw_score"] for d in raw)
-    scaled = CrossrankRanker(backend=KeywordBackend(), scale_score=True).run(
+    scaled = CrossrankRanker(backend=KeywordBackend(), normalization="sigmoid").run(
         query=QUERY, documents=documents
     )["documents"]
     for document in scaled:
@@ -486,7 +494,7 @@ def test_bad_input_names_the_bad_value() -> None:
     ranker = CrossrankRanker(backend=KeywordBackend())
     with pytest.raises(InvalidInputError, match="document 1 must be a haystack Document"):
         ranker.run(query=QUERY, documents=[CORPUS[0], "plain text"])  # type: ignore[list-item]
-    with pytest.raises(InvalidInputError, match="list of haystack Documents"):
+    with pytest.raises(InvalidInputError, match="sequence of haystack Document"):
         ranker.run(query=QUERY, documents="refunds")  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError, match="query"):
         ranker.run(query="  ", documents=[CORPUS[0]])
@@ -506,5 +514,5 @@ def test_a_ready_reranker_is_accepted_and_top_k_applies() -> None:
     assert [d.score for d in output] == direct.scores
     with pytest.raises(SerializationError):
         ranker.to_dict()
-    with pytest.raises(ConfigurationError, match="either reranker="):
+    with pytest.raises(ConfigurationError, match="given by name"):
         CrossrankRanker(reranker=shared, model="m")

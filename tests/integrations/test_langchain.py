@@ -226,8 +226,8 @@ def test_tiny_cross_encoder_scores_match_the_engine(tiny_cross_encoder_path: Pat
     assert [document.metadata["relevance_score"] for document in compressed] == pytest.approx(
         expected.scores, abs=1e-6
     )
-    assert compressor.reranker_config is not None
-    assert compressor.reranker_config["backend_options"]["model"] == str(tiny_cross_encoder_path)
+    assert compressor.config is not None
+    assert compressor.config["backend_options"]["model"] == str(tiny_cross_encoder_path)
 
 
 # -- edge cases -----------------------------------------------------------------------------------
@@ -349,7 +349,7 @@ def test_bad_query_and_documents_name_the_value() -> None:
 
 def test_builds_its_own_reranker_from_options() -> None:
     compressor = CrossrankCompressor(backend="embedding", normalization="sigmoid", top_n=2)
-    assert compressor.top_n == 2
+    assert compressor.reranker.top_n == 2
     assert compressor.reranker.backend.name == "embedding"
     assert compressor.reranker.normalizer.name == "sigmoid"
 
@@ -378,7 +378,7 @@ def test_serialization_round_trips_without_secrets() -> None:
     dumped = compressor.model_dump()
     for text in (str(dumped), compressor.model_dump_json(), repr(compressor)):
         assert secret not in text
-    assert dumped["reranker_config"]["backend"] == "cohere"
+    assert dumped["config"]["backend"] == "cohere"
 
     local = CrossrankCompressor(backend="embedding", normalization="sigmoid", top_n=4)
     rebuilt = CrossrankCompressor(**local.model_dump())
@@ -386,5 +386,5 @@ def test_serialization_round_trips_without_secrets() -> None:
     assert rebuilt.reranker.normalizer.name == "sigmoid"
 
     instance_backed = keyword_compressor()
-    assert instance_backed.model_dump()["reranker_config"] is None
+    assert instance_backed.model_dump()["config"] is None
     assert instance_backed.model_dump_json()  # does not blow up on the private reranker

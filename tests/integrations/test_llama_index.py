@@ -296,6 +296,8 @@ def test_nested_metadata_kept_and_callers_nodes_untouched() -> None:
         assert item.node.metadata["origin"] == original.node.metadata["origin"]
         assert item.node.excluded_llm_metadata_keys == [
             "origin",
+            "first_stage_rank",
+            "rerank_raw_score",
             "rerank_status",
             "retrieval_score",
         ]
@@ -362,8 +364,8 @@ def test_serialization_round_trips_without_secrets() -> None:
     rebuilt = CrossrankPostprocessor.from_dict(data)
     assert rebuilt.to_dict() == data
     assert rebuilt.reranker.normalizer.name == "sigmoid"
-    assert rebuilt.top_n == 5
+    assert rebuilt.reranker.top_n == 5
 
     instance_backed = keyword_postprocessor()
-    assert instance_backed.to_dict()["reranker_config"] is None
+    assert instance_backed.to_dict()["config"] is None
     assert instance_backed.to_json()

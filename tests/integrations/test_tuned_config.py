@@ -50,7 +50,7 @@ def test_langchain_round_trip(tuned_config: dict[str, Any]) -> None:
 
     from crossrank.integrations.langchain import CrossrankCompressor
 
-    compressor = CrossrankCompressor(reranker_config=tuned_config, top_n=3)
+    compressor = CrossrankCompressor(config=tuned_config, top_n=3)
     again = CrossrankCompressor(**compressor.model_dump())
     documents = [
         Document(page_content=text, id=f"d{i}", metadata={"relevance_score": score})
@@ -68,7 +68,7 @@ def test_llama_index_round_trip(tuned_config: dict[str, Any]) -> None:
 
     from crossrank.integrations.llama_index import CrossrankPostprocessor
 
-    postprocessor = CrossrankPostprocessor(reranker_config=tuned_config, top_n=3)
+    postprocessor = CrossrankPostprocessor(config=tuned_config, top_n=3)
     again = CrossrankPostprocessor.from_dict(postprocessor.to_dict())
     nodes = [
         NodeWithScore(node=TextNode(text=text, id_=f"d{i}"), score=score)
@@ -87,7 +87,7 @@ def test_haystack_round_trip(tuned_config: dict[str, Any]) -> None:
     from crossrank.integrations.haystack import CrossrankRanker
 
     pipeline = Pipeline()
-    pipeline.add_component("ranker", CrossrankRanker.from_reranker_config(tuned_config))
+    pipeline.add_component("ranker", CrossrankRanker.from_config(tuned_config))
     loaded = Pipeline.loads(pipeline.dumps())
     documents = [
         Document(content=text, id=f"d{i}", score=score)
