@@ -88,3 +88,37 @@ class CharWindowBackend(KeywordBackend):
 
     def window_token_budget(self, query: str) -> int | None:
         return self.budget
+
+
+class OptionedKeywordBackend(BaseBackend):
+    """Keyword scoring behind constructor options, to test configs by import path.
+
+    Its options are named to trap name-based secret detection (``cache_key``,
+    ``token_budget``, ``max_tokens_per_doc``) while the one real credential, ``api_key``,
+    is declared in ``secret_options``. Holds no lock, so it pickles.
+    """
+
+    name = "optioned-keyword"
+    secret_options = ("api_key",)
+
+    def __init__(
+        self,
+        *,
+        weight: float = 1.0,
+        cache_key: str = "",
+        token_budget: int | None = None,
+        max_tokens_per_doc: int | None = None,
+        api_key: object = None,
+    ) -> None:
+        self.weight = weight
+        self.cache_key = cache_key
+        self.token_budget = token_budget
+        self.max_tokens_per_doc = max_tokens_per_doc
+        self.api_key = api_key
+
+    def score(self, query: str, texts: Sequence[str]) -> list[float]:
+        return [self.weight * keyword_score(query, text) for text in texts]
+
+
+#: Import path of :class:`OptionedKeywordBackend`, as a config names it.
+OPTIONED_BACKEND = "tests.support.backends:OptionedKeywordBackend"
