@@ -125,10 +125,12 @@ def make_reranker(provider: str, server: ServerProcess, args: argparse.Namespace
     backend = backend_class(
         api_key=API_KEY,
         base_url=server.base_url(provider),
-        max_retries=10,
-        backoff_base=args.backoff_base,
-        backoff_max=1.0,
-        max_connections=args.concurrency,
+        http={
+            "max_retries": 10,
+            "backoff_base": args.backoff_base,
+            "backoff_max": 1.0,
+            "max_connections": args.concurrency,
+        },
     )
     # strict: a failed call must show up as an error here, not as a quiet fallback.
     return Reranker(backend, strict=True)

@@ -1,6 +1,7 @@
 """Cohere backend: what goes on the wire through the real ``cohere`` SDK, and how it is set up.
 
-Shared behaviour (retries, batching, validation, secrecy) is in test_backends_remote.py.
+Shared behaviour (retries, batching, validation, secrecy) is in test_backends_http.py;
+the engine-level contract every provider meets is in test_providers.py.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from crossrank.backends.cohere import DEFAULT_COHERE_BASE_URL, CohereBackend
 from tests.support.fake_rerank_server import COHERE_PATH, FakeRerankServer, Fault, expected_scores
 
 API_KEY = "co-test-0a1b2c3d4e-SECRET"
-FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 5.0}
+FAST = {"http": {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 5.0}}
 
 
 @pytest.fixture
@@ -70,7 +71,9 @@ async def test_async_client_speaks_the_same_format(server: FakeRerankServer) -> 
 
 
 def test_the_sdk_does_not_retry_behind_our_back(server: FakeRerankServer) -> None:
-    backend = CohereBackend(**server.client_options("cohere"), **FAST, max_retries=0)
+    backend = CohereBackend(
+        **server.client_options("cohere"), http={**FAST["http"], "max_retries": 0}
+    )
     server.fail_next(Fault("status", status=503), Fault("status", status=503))
     with pytest.raises(BackendUnavailableError, match="after 1 attempt"):
         backend.score("q", ["a"])

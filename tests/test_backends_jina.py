@@ -1,6 +1,7 @@
 """Jina backend: what goes on the wire through real httpx clients, and how it is set up.
 
-Shared behaviour (retries, batching, validation, secrecy) is in test_backends_remote.py.
+Shared behaviour (retries, batching, validation, secrecy) is in test_backends_http.py;
+the engine-level contract every provider meets is in test_providers.py.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from crossrank.backends.jina import DEFAULT_JINA_BASE_URL, JinaBackend
 from tests.support.fake_rerank_server import JINA_PATH, FakeRerankServer, expected_scores
 
 API_KEY = "jina_test_5e6f7a8b9c-SECRET"
-FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 5.0}
+FAST = {"http": {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 5.0}}
 
 
 @pytest.fixture

@@ -231,7 +231,9 @@ async def test_a_hanging_api_is_cancelled_by_the_caller_and_recovers() -> None:
     from tests.support.fake_rerank_server import FakeRerankServer, Fault
 
     with FakeRerankServer(api_key="crk-hang-test") as server:
-        backend = JinaBackend(**server.client_options("jina"), timeout=30.0, max_retries=0)
+        backend = JinaBackend(
+            **server.client_options("jina"), http={"timeout": 30.0, "max_retries": 0}
+        )
         reranker = Reranker(backend)
         server.fail_next(Fault("slow", delay=3.0))
         with pytest.raises(asyncio.TimeoutError):

@@ -27,7 +27,7 @@ from crossrank import (
     CrossrankError,
     Reranker,
 )
-from crossrank.backends._remote import parse_retry_after, scores_in_input_order
+from crossrank.backends.http import parse_retry_after, scores_in_input_order
 from tests.support.fake_rerank_server import FakeRerankServer, Fault
 
 API_KEY = "crk-fuzz-5d1e0c9a77-NOT-A-REAL-KEY"
@@ -148,9 +148,7 @@ def backend(request: pytest.FixtureRequest, server: FakeRerankServer) -> Iterato
     backend_class = CohereBackend if request.param == "cohere" else JinaBackend
     made = backend_class(
         **server.client_options(request.param),
-        max_retries=0,
-        timeout=5.0,
-        connect_timeout=2.0,
+        http={"max_retries": 0, "timeout": 5.0, "connect_timeout": 2.0},
     )
     yield made
     made.close()
@@ -184,7 +182,7 @@ def test_served_answers_are_trusted_only_when_trustworthy(
 def test_cohere_answer_that_is_a_json_list_is_a_response_error(server: FakeRerankServer) -> None:
     from crossrank.backends.cohere import CohereBackend
 
-    backend = CohereBackend(**server.client_options("cohere"), max_retries=0)
+    backend = CohereBackend(**server.client_options("cohere"), http={"max_retries": 0})
     server.reset()
     server.fail_next(Fault("status", status=200, body="[]"))
     try:

@@ -1,4 +1,4 @@
-"""A local HTTP server that speaks Cohere's ``/v2/rerank`` and Jina's ``/v1/rerank``.
+"""A local HTTP server that speaks the rerank wire format of every provider crossrank knows.
 
 The real ``cohere`` SDK and real httpx clients talk to it over TCP on 127.0.0.1 (ephemeral
 port), so tests exercise the actual wire formats, headers and failure modes rather than
@@ -10,14 +10,24 @@ order) or drawn at a fixed rate (``rate_429``, seeded): HTTP errors with any bod
 ``Retry-After``, slow answers, dropped connections, bodies cut short, malformed JSON, wrong,
 duplicate or missing indices and NaN scores.
 
-Request and response bodies follow the providers' API references:
+Request and response bodies follow the providers' API references (see :data:`WIRES`):
 
 * Cohere ``POST /v2/rerank`` ``{"model", "query", "documents": [str], "top_n"?,
   "max_tokens_per_doc"?}`` -> ``{"id", "results": [{"index", "relevance_score"}], "meta"}``;
-  errors are ``{"id", "message"}``.
+  errors are ``{"id", "message"}``. A Cohere-compatible server (vLLM, Infinity) answers the
+  same at ``/compat/v1/rerank``, without requiring ``model``.
 * Jina ``POST /v1/rerank`` ``{"model", "query", "documents": [str], "top_n"?,
   "return_documents"?}`` -> ``{"model", "usage": {"total_tokens"}, "results": [{"index",
   "relevance_score", "document"?: {"text"}}]}``; errors are ``{"detail"}``.
+* Text Embeddings Inference ``POST /tei/rerank`` ``{"query", "texts": [str], "raw_scores"?,
+  "truncate"?, "return_text"?}`` -> ``[{"index", "score", "text"?}]``; errors are
+  ``{"error", "error_type"}``, 413 past the batch size.
+* Voyage ``POST /voyage/v1/rerank`` ``{"model", "query", "documents", "top_k"?,
+  "return_documents"?, "truncation"?}`` -> ``{"object": "list", "data": [{"index",
+  "relevance_score"}], "model", "usage"}``; errors are ``{"detail"}``.
+* Mixedbread ``POST /mixedbread/v1/reranking`` ``{"model", "query", "input": [str],
+  "top_k"?, "return_input"?}`` -> ``{"object": "list", "data": [{"index", "score",
+  "object": "rank_result"}], "model", "usage"}``; errors are ``{"detail"}``.
 """
 
 from __future__ import annotations
@@ -35,6 +45,44 @@ from typing import Any, Literal
 
 COHERE_PATH = "/v2/rerank"
 JINA_PATH = "/v1/rerank"
+
+
+@dataclass(frozen=True)
+class Wire:
+    """One provider's format, as the fake server speaks it."""
+
+    path: str
+    #: What a client gives as base_url (the part of ``path`` the client does not append).
+    base_path: str
+    documents_field: str
+    required: tuple[str, ...]
+    #: None: the answer is the bare list of results.
+    results_field: str | None
+    score_field: str
+    top_field: str | None
+    #: Status for a request over the server's document limit.
+    too_many_status: int
+    error_shape: str  # "message" | "detail" | "error"
+
+
+WIRES: dict[str, Wire] = {
+    "cohere": Wire(COHERE_PATH, "", "documents", ("model", "query", "documents"), "results",
+                   "relevance_score", "top_n", 400, "message"),
+    "jina": Wire(JINA_PATH, "/v1", "documents", ("query", "documents"), "results",
+                 "relevance_score", "top_n", 422, "detail"),
+    "cohere-compatible": Wire("/compat/v1/rerank", "/compat/v1", "documents",
+                              ("query", "documents"), "results", "relevance_score", "top_n",
+                              400, "message"),
+    "tei": Wire("/tei/rerank", "/tei", "texts", ("query", "texts"), None, "score", None, 413,
+                "error"),
+    "voyage": Wire("/voyage/v1/rerank", "/voyage/v1", "documents",
+                   ("model", "query", "documents"), "data", "relevance_score", "top_k", 400,
+                   "detail"),
+    "mixedbread": Wire("/mixedbread/v1/reranking", "/mixedbread/v1", "input",
+                       ("model", "query", "input"), "data", "score", "top_k", 400, "detail"),
+}  # fmt: skip
+PROVIDERS = tuple(WIRES)
+_BY_PATH = {wire.path: name for name, wire in WIRES.items()}
 STATS_PATH = "/_stats"
 RESET_PATH = "/_reset"
 
@@ -48,6 +96,8 @@ FaultKind = Literal[
     "duplicate_index",  # two results share an index
     "missing_index",  # one result is left out
     "nan_score",  # one relevance_score is NaN
+    "drip",  # announce the full body, then send it in `chunks` pieces `delay` seconds apart
+    "echo_headers",  # answer normally, echoing the Authorization header (and the bare key)
 ]
 
 
@@ -73,6 +123,8 @@ class Fault:
     body: str | None = None
     #: Put the request's Authorization header into the error body (a leaky proxy).
     echo_authorization: bool = False
+    #: For "drip": how many pieces the body is sent in.
+    chunks: int = 8
 
 
 @dataclass(frozen=True)
@@ -85,7 +137,7 @@ class RecordedRequest:
 
 @dataclass
 class _State:
-    api_key: str
+    api_key: str | None
     latency: float
     rate_429: float
     retry_after_429: str | None
@@ -140,8 +192,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _error(
         self, provider: str, status: int, message: str, headers: dict[str, str] | None = None
     ) -> None:
-        if provider == "cohere":
+        shape = WIRES[provider].error_shape
+        if shape == "message":
             payload: dict[str, Any] = {"id": str(uuid.uuid4()), "message": message}
+        elif shape == "error":
+            payload = {"error": message, "error_type": "Validation"}
         else:
             payload = {"detail": message}
         self._send_json(status, payload, headers)
@@ -196,16 +251,15 @@ class _Handler(BaseHTTPRequestHandler):
                 state.in_flight -= 1
 
     def _handle(self, state: _State, body: Any) -> None:
-        if self.path == COHERE_PATH:
-            provider = "cohere"
-        elif self.path == JINA_PATH:
-            provider = "jina"
-        else:
+        provider = _BY_PATH.get(self.path)
+        if provider is None:
             self._send_json(404, {"message": f"no route {self.path}"})
             return
         if state.latency:
             time.sleep(state.latency)
-        if self.headers.get("Authorization") != f"Bearer {state.api_key}":
+        if state.api_key is not None and (
+            self.headers.get("Authorization") != f"Bearer {state.api_key}"
+        ):
             self._error(provider, 401, "invalid api token")
             return
         with state.lock:
@@ -222,12 +276,23 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(fault.delay)
         problem = _invalid_request(provider, body, state.max_documents)
         if problem is not None:
-            self._error(provider, 400 if provider == "cohere" else 422, problem)
+            wire = WIRES[provider]
+            too_many = problem.startswith("too many")
+            other_status = 400 if wire.error_shape == "message" else 422
+            self._error(provider, wire.too_many_status if too_many else other_status, problem)
             return
         payload = _answer(provider, body)
         if fault is not None and fault.kind in _CONTENT_FAULTS:
-            _CONTENT_FAULTS[fault.kind](payload["results"])
+            _CONTENT_FAULTS[fault.kind](_results_of(provider, payload))
         encoded = json.dumps(payload).encode()  # NaN is written as the token NaN
+        if fault is not None and fault.kind == "drip":
+            self._drip(encoded, fault)
+            return
+        if fault is not None and fault.kind == "echo_headers":
+            auth = self.headers.get("Authorization") or ""
+            echoed = {"Authorization": auth, "X-Upstream-Key": auth.removeprefix("Bearer ")}
+            self._send_bytes(200, encoded, echoed)
+            return
         if fault is not None and fault.kind == "malformed":
             self._send_bytes(200, encoded[: max(len(encoded) // 2, 1)])
             return
@@ -240,6 +305,18 @@ class _Handler(BaseHTTPRequestHandler):
             self._drop()
             return
         self._send_bytes(200, encoded)
+
+    def _drip(self, encoded: bytes, fault: Fault) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(encoded)))
+        self.end_headers()
+        self.wfile.flush()
+        size = max(1, -(-len(encoded) // max(fault.chunks, 1)))
+        for start in range(0, len(encoded), size):
+            time.sleep(fault.delay)
+            self.wfile.write(encoded[start : start + size])
+            self.wfile.flush()
 
     def _status_fault(self, provider: str, fault: Fault) -> None:
         headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
@@ -257,23 +334,22 @@ class _Handler(BaseHTTPRequestHandler):
 def _invalid_request(provider: str, body: Any, max_documents: int | None) -> str | None:
     if not isinstance(body, dict):
         return "body must be a JSON object"
-    for required in (
-        ("model", "query", "documents") if provider == "cohere" else ("query", "documents")
-    ):
+    wire = WIRES[provider]
+    for required in wire.required:
         if required not in body:
             return f"missing required field {required!r}"
     if not isinstance(body.get("model", ""), str) or not isinstance(body["query"], str):
         return "model and query must be strings"
-    documents = body["documents"]
+    documents = body[wire.documents_field]
     if not isinstance(documents, list) or not documents:
         return "documents must be a non-empty list"
     if not all(isinstance(document, str) for document in documents):
         return "documents must be strings"
     if max_documents is not None and len(documents) > max_documents:
         return f"too many documents: {len(documents)} > {max_documents}"
-    top_n = body.get("top_n")
+    top_n = body.get(wire.top_field) if wire.top_field else None
     if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
-        return "top_n must be a positive integer"
+        return f"{wire.top_field} must be a positive integer"
     tokens = body.get("max_tokens_per_doc")
     if tokens is not None and (
         isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1
@@ -282,36 +358,51 @@ def _invalid_request(provider: str, body: Any, max_documents: int | None) -> str
     return None
 
 
-def _answer(provider: str, body: dict[str, Any]) -> dict[str, Any]:
+def _answer(provider: str, body: dict[str, Any]) -> Any:
+    wire = WIRES[provider]
     query: str = body["query"]
-    documents: list[str] = body["documents"]
+    documents: list[str] = body[wire.documents_field]
     ranked = sorted(
         range(len(documents)),
         key=lambda index: -deterministic_score(query, documents[index]),
     )
-    if body.get("top_n") is not None:
-        ranked = ranked[: body["top_n"]]
-    if provider == "cohere":
-        return {
-            "id": str(uuid.uuid4()),
-            "results": [
-                {"index": index, "relevance_score": deterministic_score(query, documents[index])}
-                for index in ranked
-            ],
-            "meta": {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}},
-        }
-    with_documents = body.get("return_documents", True)
-    results = []
+    if wire.top_field and body.get(wire.top_field) is not None:
+        ranked = ranked[: body[wire.top_field]]
+    results: list[dict[str, Any]] = []
     for index in ranked:
         result: dict[str, Any] = {
             "index": index,
-            "relevance_score": deterministic_score(query, documents[index]),
+            wire.score_field: deterministic_score(query, documents[index]),
         }
-        if with_documents:
+        if provider == "jina" and body.get("return_documents", True):
             result["document"] = {"text": documents[index]}
+        if provider == "tei" and body.get("return_text"):
+            result["text"] = documents[index]
+        if provider == "mixedbread":
+            result["object"] = "rank_result"
         results.append(result)
     tokens = sum(len(document.split()) for document in documents) + len(query.split())
-    return {"model": body.get("model"), "usage": {"total_tokens": tokens}, "results": results}
+    if provider in ("cohere", "cohere-compatible"):
+        return {
+            "id": str(uuid.uuid4()),
+            "results": results,
+            "meta": {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}},
+        }
+    if provider == "jina":
+        return {"model": body.get("model"), "usage": {"total_tokens": tokens}, "results": results}
+    if provider == "tei":
+        return results
+    return {
+        "object": "list",
+        "data": results,
+        "model": body.get("model"),
+        "usage": {"total_tokens": tokens},
+    }
+
+
+def _results_of(provider: str, payload: Any) -> list[dict[str, Any]]:
+    field = WIRES[provider].results_field
+    return payload if field is None else payload[field]  # type: ignore[no-any-return]
 
 
 def _wrong_index(results: list[dict[str, Any]]) -> None:
@@ -328,7 +419,8 @@ def _missing_index(results: list[dict[str, Any]]) -> None:
 
 
 def _nan_score(results: list[dict[str, Any]]) -> None:
-    results[-1]["relevance_score"] = float("nan")
+    score_field = "relevance_score" if "relevance_score" in results[-1] else "score"
+    results[-1][score_field] = float("nan")
 
 
 _CONTENT_FAULTS = {
@@ -340,12 +432,15 @@ _CONTENT_FAULTS = {
 
 
 class FakeRerankServer:
-    """Cohere- and Jina-shaped rerank endpoints on 127.0.0.1, in a background thread."""
+    """Rerank endpoints of every known provider on 127.0.0.1, in a background thread.
+
+    ``api_key=None`` serves without checking a key, as self-hosted servers often do.
+    """
 
     def __init__(
         self,
         *,
-        api_key: str,
+        api_key: str | None,
         latency: float = 0.0,
         rate_429: float = 0.0,
         retry_after_429: str | None = "0",
@@ -409,10 +504,13 @@ class FakeRerankServer:
         """What to give the Jina backend as ``base_url`` (it appends ``/rerank``)."""
         return f"{self.url}/v1"
 
-    def client_options(self, provider: Literal["cohere", "jina"]) -> dict[str, str]:
+    def base_url(self, provider: str) -> str:
+        """What to give ``provider``'s backend as ``base_url`` to reach this server."""
+        return self.url + WIRES[provider].base_path
+
+    def client_options(self, provider: str) -> dict[str, Any]:
         """``api_key`` and ``base_url`` that point a crossrank backend at this server."""
-        base_url = self.cohere_base_url if provider == "cohere" else self.jina_base_url
-        return {"api_key": self._state.api_key, "base_url": base_url}
+        return {"api_key": self._state.api_key, "base_url": self.base_url(provider)}
 
     # -- behaviour ------------------------------------------------------------------------
 
@@ -476,7 +574,7 @@ def main() -> None:
     import argparse
     import sys
 
-    parser = argparse.ArgumentParser(description="local Cohere/Jina-shaped rerank server")
+    parser = argparse.ArgumentParser(description="local rerank server in every provider's format")
     parser.add_argument("--api-key", required=True)
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--rate-429", type=float, default=0.0)

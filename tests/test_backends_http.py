@@ -1,13 +1,16 @@
-"""Behaviour every API backend shares, checked for Cohere (real SDK) and Jina (real httpx).
+"""The shared HTTP machinery, checked through both of its clients: Cohere (the real SDK) and
+Jina (plain httpx, as every other provider spec).
 
 Each test starts a local server that speaks the provider's wire format on 127.0.0.1 and
 scores deterministically, so correctness is checked against the server's own scoring.
-Timeouts and backoff are tiny so faults cost milliseconds.
+Timeouts and backoff are tiny so faults cost milliseconds. The engine-level contract every
+provider meets is in test_providers.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 import json
 import logging
@@ -20,21 +23,34 @@ from typing import Any
 import pytest
 
 from crossrank import BackendResponseError, BackendUnavailableError, ConfigurationError, Reranker
-from crossrank.backends._remote import (
+from crossrank.backends.cohere import CohereBackend
+from crossrank.backends.http import (
+    HttpPolicy,
     RemoteRerankBackend,
-    SecretKey,
     approximate_token_spans,
     parse_retry_after,
     redact,
     scores_in_input_order,
 )
-from crossrank.backends.cohere import CohereBackend
 from crossrank.backends.jina import JinaBackend
+from crossrank.secrets import Secret
 from tests.support.fake_rerank_server import FakeRerankServer, Fault, expected_scores
 
 API_KEY = "crk-test-7f3a9c1e5b-DO-NOT-LEAK"
 PROVIDERS = ("cohere", "jina")
 FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 5.0, "connect_timeout": 2.0}
+POLICY_FIELDS = {field.name for field in dataclasses.fields(HttpPolicy)}
+
+
+def backend_options(base: dict[str, Any], **options: Any) -> dict[str, Any]:
+    """``base`` and ``options`` as backend keywords: HttpPolicy fields go into ``http=``."""
+    merged = {**base, **options}
+    http = {**FAST, **{name: merged.pop(name) for name in list(merged) if name in POLICY_FIELDS}}
+    return {**merged, "http": http}
+
+
+def backend_class_for(provider: str) -> type[RemoteRerankBackend[Any]]:
+    return CohereBackend if provider == "cohere" else JinaBackend
 
 BackendFactory = Callable[..., RemoteRerankBackend[Any]]
 
@@ -55,9 +71,9 @@ def make_backend(server: FakeRerankServer, provider: str) -> Iterator[BackendFac
     made: list[RemoteRerankBackend[Any]] = []
 
     def factory(**options: Any) -> RemoteRerankBackend[Any]:
-        settings = {**server.client_options(provider), **FAST, **options}  # type: ignore[arg-type]
-        backend_class = CohereBackend if provider == "cohere" else JinaBackend
-        backend = backend_class(**settings)
+        backend = backend_class_for(provider)(
+            **backend_options(server.client_options(provider), **options)
+        )
         made.append(backend)
         return backend
 
@@ -171,9 +187,8 @@ def test_other_4xx_are_not_retried(
 
 
 def test_a_wrong_key_is_a_final_401(server: FakeRerankServer, provider: str) -> None:
-    backend_class = CohereBackend if provider == "cohere" else JinaBackend
-    options = {**server.client_options(provider), **FAST, "api_key": "wrong-key"}  # type: ignore[arg-type]
-    backend = backend_class(**options)
+    options = backend_options(server.client_options(provider), api_key="wrong-key")
+    backend = backend_class_for(provider)(**options)
     with pytest.raises(BackendUnavailableError, match="invalid api token") as caught:
         backend.score("q", documents(3))
     assert caught.value.status_code == 401
@@ -219,9 +234,10 @@ def test_connection_refused_is_unavailable(provider: str) -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     base_url = f"http://127.0.0.1:{port}" + ("" if provider == "cohere" else "/v1")
-    backend_class = CohereBackend if provider == "cohere" else JinaBackend
     # Construction does no I/O: nothing listens, and nothing fails yet.
-    backend = backend_class(api_key=API_KEY, base_url=base_url, **{**FAST, "max_retries": 1})
+    backend = backend_class_for(provider)(
+        **backend_options({"api_key": API_KEY, "base_url": base_url}, max_retries=1)
+    )
     with pytest.raises(BackendUnavailableError, match="ConnectError") as caught:
         backend.score("q", ["a"])
     assert caught.value.status_code is None
@@ -307,7 +323,7 @@ def test_response_validation_rules() -> None:
 
 
 def test_reranker_orders_by_the_providers_scores(server: FakeRerankServer, provider: str) -> None:
-    reranker = Reranker(provider, backend_options={**server.client_options(provider), **FAST})  # type: ignore[arg-type]
+    reranker = Reranker(provider, backend_options=backend_options(server.client_options(provider)))
     texts = documents(9)
     result = reranker.rerank("topic 4", texts)
     assert result.report.status == "reranked"
@@ -463,8 +479,24 @@ def test_backends_refuse_to_pickle_their_key(make_backend: BackendFactory) -> No
     with pytest.raises(TypeError, match="not picklable"):
         pickle.dumps(backend)
     with pytest.raises(TypeError):
-        pickle.dumps(SecretKey(API_KEY))
-    assert API_KEY not in f"{SecretKey(API_KEY)} {SecretKey(API_KEY)!r} {SecretKey(API_KEY):>40}"
+        pickle.dumps(Secret.from_token(API_KEY))
+    token = Secret.from_token(API_KEY)
+    assert API_KEY not in f"{token} {token!r} {token:>40} {backend!r}"
+
+
+def test_a_backend_with_an_env_key_pickles_as_its_config(
+    server: FakeRerankServer, provider: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CRK_TEST_KEY", API_KEY)
+    options = backend_options(server.client_options(provider), max_documents_per_request=3)
+    options["api_key"] = Secret.from_env_var("CRK_TEST_KEY")
+    backend = backend_class_for(provider)(**options)
+    data = pickle.dumps(backend)
+    assert API_KEY.encode() not in data
+    copy = pickle.loads(data)
+    assert copy.to_config() == backend.to_config()
+    assert copy.score("q", documents(5)) == expected_scores("q", documents(5))
+    copy.close()
 
 
 def test_redaction_rules() -> None:
@@ -478,18 +510,19 @@ def test_credentials_in_the_base_url_are_hidden(server: FakeRerankServer, provid
     base_url = server.client_options(provider)["base_url"].replace(  # type: ignore[arg-type]
         "http://", "http://user:hunter2@"
     )
-    backend_class = CohereBackend if provider == "cohere" else JinaBackend
-    backend = backend_class(api_key=API_KEY, base_url=base_url)
+    backend = backend_class_for(provider)(api_key=API_KEY, base_url=base_url)
     assert "hunter2" not in repr(backend)
     assert "hunter2" not in json.dumps(backend.to_config())
 
 
 def test_to_config_rebuilds_an_equivalent_backend(make_backend: BackendFactory) -> None:
-    backend = make_backend(max_tokens_per_doc=256, max_documents_per_request=50)
+    backend = make_backend(max_tokens_per_doc=256, max_documents_per_request=50, deadline_s=9)
     config = backend.to_config()
-    assert "api_key" not in config
-    rebuilt = type(backend)(api_key=API_KEY, **config)
+    assert "api_key" not in config  # a token key is never saved
+    assert config["http"]["deadline_s"] == 9.0
+    rebuilt = type(backend)(api_key=API_KEY, **json.loads(json.dumps(config)))
     assert rebuilt.to_config() == config
+    assert rebuilt.policy == backend.policy
 
 
 # -- windowing --------------------------------------------------------------------------------
@@ -557,6 +590,5 @@ def test_retry_after_parsing() -> None:
     ],
 )
 def test_bad_options_are_named(provider: str, option: str, value: Any) -> None:
-    backend_class = CohereBackend if provider == "cohere" else JinaBackend
     with pytest.raises(ConfigurationError, match=option.split("_")[0]):
-        backend_class(api_key=API_KEY, **{option: value})
+        backend_class_for(provider)(**backend_options({"api_key": API_KEY}, **{option: value}))
