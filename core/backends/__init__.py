@@ -15,8 +15,8 @@ from crossrank.errors import ConfigurationError
 
 #: short name -> "module:ClassName"; aliases point at the same class.
 BACKENDS: dict[str, str] = {
-    "cross-encoder": "crossrank.backends.cross_encoder:CrossEncoderBackend",
-    "local": "crossrank.backends.cross_encoder:CrossEncoderBackend",
+    "cross-encoder": "crossrank.backends.local:CrossEncoderBackend",
+    "local": "crossrank.backends.local:CrossEncoderBackend",
     "embedding": "crossrank.backends.embedding:EmbeddingBackend",
     "cohere": "crossrank.backends.cohere:CohereBackend",
     "jina": "crossrank.backends.jina:JinaBackend",
@@ -24,6 +24,7 @@ BACKENDS: dict[str, str] = {
     "cohere-compatible": "crossrank.backends.providers:CohereCompatibleBackend",
     "voyage": "crossrank.backends.providers:VoyageBackend",
     "mixedbread": "crossrank.backends.providers:MixedbreadBackend",
+    "late-interaction": "crossrank.backends.late_interaction:LateInteractionBackend",
 }
 
 
