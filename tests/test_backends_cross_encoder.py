@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 from crossrank import Candidate, ModelLoadError, ModelRegistry, Reranker
 from crossrank.backends.cross_encoder import CrossEncoderBackend
 from crossrank.errors import ConfigurationError
+from tests.support.cpu import needs_native_bf16
 
 torch = pytest.importorskip("torch")
 
@@ -89,10 +92,11 @@ def test_long_passages_are_windowed(tiny_cross_encoder_path: Path) -> None:
     assert result.report.pairs_scored == 2
 
 
+@needs_native_bf16
 def test_bfloat16_scores_track_float32(tiny_cross_encoder_path: Path) -> None:
     fp32 = CrossEncoderBackend(str(tiny_cross_encoder_path), registry=ModelRegistry())
     bf16 = CrossEncoderBackend(
-        str(tiny_cross_encoder_path), registry=ModelRegistry(), dtype="bfloat16"
+        str(tiny_cross_encoder_path), registry=ModelRegistry(), precision="bf16"
     )
     assert np.allclose(fp32.score(QUERY, PASSAGES), bf16.score(QUERY, PASSAGES), atol=0.05)
 
@@ -147,3 +151,56 @@ def test_bad_options(options: dict[str, object], fragment: str) -> None:
     with pytest.raises(ConfigurationError, match=fragment):
         backend = CrossEncoderBackend(**{"model": "m", **options})  # type: ignore[arg-type]
         backend.load()
+
+
+@pytest.mark.parametrize(
+    ("option", "fragment"),
+    [("dtype", "precision="), ("calibration", "fidelity_sample="), ("batchsize", "batch_size")],
+)
+def test_removed_and_unknown_options_say_what_to_write(option: str, fragment: str) -> None:
+    with pytest.raises(ConfigurationError, match=fragment):
+        CrossEncoderBackend("m", **{option: "bfloat16"})  # type: ignore[arg-type]
+
+
+def test_removed_dtype_is_a_clear_error_through_the_reranker() -> None:
+    with pytest.raises(ConfigurationError, match="precision="):
+        Reranker("cross-encoder", model="m", backend_options={"dtype": "bfloat16"})
+
+
+def test_backend_pickles_and_shares_the_loaded_model(tiny_cross_encoder_path: Path) -> None:
+    registry = ModelRegistry()
+    backend = CrossEncoderBackend(str(tiny_cross_encoder_path), registry=registry)
+    expected = backend.score(QUERY, PASSAGES)
+    restored = pickle.loads(pickle.dumps(backend))
+    assert restored.score(QUERY, PASSAGES) == expected
+    assert restored.load() is backend.load(), "same process: the registry's copy is shared"
+    assert registry.load_count == 1
+    duplicate = copy.deepcopy(backend)
+    assert duplicate.score(QUERY, PASSAGES) == expected
+    assert duplicate.load() is backend.load()
+
+
+def test_pickled_backend_loads_lazily_in_a_fresh_registry(tiny_cross_encoder_path: Path) -> None:
+    """In another process the registry of that name starts empty and the model reloads."""
+    from crossrank.registry import registry_named
+
+    backend = CrossEncoderBackend(
+        str(tiny_cross_encoder_path), registry=ModelRegistry(name="pickle-test-a")
+    )
+    expected = backend.score(QUERY, PASSAGES)
+    payload = pickle.dumps(backend)
+    assert len(payload) < 10_000, "the model's weights are not in the pickle"
+    del backend
+    import gc
+
+    gc.collect()  # the registry lived only through the backend: a new process would lack it
+    restored = pickle.loads(payload)
+    assert restored._registry is registry_named("pickle-test-a")
+    assert np.allclose(restored.score(QUERY, PASSAGES), expected, atol=1e-6)
+
+
+def test_reranker_around_a_local_backend_pickles(tiny_cross_encoder_path: Path) -> None:
+    reranker = Reranker(CrossEncoderBackend(str(tiny_cross_encoder_path), registry=ModelRegistry()))
+    expected = reranker.rerank(QUERY, PASSAGES[:3])
+    for restored in (pickle.loads(pickle.dumps(reranker)), copy.deepcopy(reranker)):
+        assert restored.rerank(QUERY, PASSAGES[:3]).scores == expected.scores

@@ -16,9 +16,12 @@ import pytest
 
 from crossrank import ModelRegistry
 from crossrank.backends.cross_encoder import CrossEncoderBackend
-from crossrank.backends.fidelity import FidelityGate, kendall_tau, top_k_overlap
-from crossrank.backends.precision import cpu_supports_bf16, parse_variant
+from crossrank.backends.local import auto
+from crossrank.backends.local.fidelity import FidelityGate, kendall_tau, top_k_overlap
+from crossrank.backends.local.scoring import encode_pairs, plan_batches
+from crossrank.backends.local.variants import parse_variant
 from crossrank.errors import ConfigurationError
+from tests.support.cpu import needs_native_bf16
 
 torch = pytest.importorskip("torch")
 
@@ -50,7 +53,7 @@ def test_fp32_equals_predict_with_identity_activation(tiny_cross_encoder_path: P
     assert backend.variant.label == "torch-fp32"
 
 
-@pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no native bf16")
+@needs_native_bf16
 def test_bf16_tracks_fp32(tiny_cross_encoder_path: Path) -> None:
     backend = CrossEncoderBackend(
         str(tiny_cross_encoder_path), precision="bf16", registry=ModelRegistry()
@@ -94,14 +97,21 @@ def test_token_budget_batching_matches_count_batching(
     assert np.allclose(by_count.score(QUERY, texts), by_budget.score(QUERY, texts), atol=1e-5)
 
 
+def planned(backend: CrossEncoderBackend, queries: list[str], texts: list[str]) -> Any:
+    """The encoded pairs and the batches the backend's scorer would run them in."""
+    encoded = encode_pairs(backend.tokenizer, queries, texts, max_length=backend.model_max_length)
+    order = np.argsort(-encoded.lengths, kind="stable")
+    budget = backend.batching.budget(backend._resolved_device)
+    return encoded, plan_batches(
+        order, encoded.lengths, batch_size=backend.batching.batch_size, budget=budget
+    )
+
+
 def test_token_budget_bounds_padded_tokens_per_batch(tiny_cross_encoder_path: Path) -> None:
     backend = CrossEncoderBackend(
         str(tiny_cross_encoder_path), batch_size=64, token_budget=60, registry=ModelRegistry()
     )
-    backend.load()
-    encoded = backend._encode([QUERY] * len(PASSAGES), PASSAGES)
-    order = np.argsort(-encoded.lengths, kind="stable")
-    batches = backend._batches(order, encoded.lengths)
+    encoded, batches = planned(backend, [QUERY] * len(PASSAGES), PASSAGES)
     assert sorted(np.concatenate(batches).tolist()) == list(range(len(PASSAGES)))
     for batch in batches:
         padded = len(batch) * int(encoded.lengths[batch].max())
@@ -114,11 +124,8 @@ def test_default_budget_on_a_cpu_is_the_measured_one(tiny_cross_encoder_path: Pa
     backend = CrossEncoderBackend(
         str(tiny_cross_encoder_path), device="cpu", batch_size=1024, registry=ModelRegistry()
     )
-    backend.load()
     texts = [" ".join(["word"] * 30)] * 200  # ~35 tokens each: the budget, not the count, binds
-    encoded = backend._encode([QUERY] * len(texts), texts)
-    order = np.argsort(-encoded.lengths, kind="stable")
-    batches = backend._batches(order, encoded.lengths)
+    encoded, batches = planned(backend, [QUERY] * len(texts), texts)
     longest = int(encoded.lengths.max())
     assert len(batches) > 1
     assert all(len(batch) * longest <= DEFAULT_TOKEN_BUDGET for batch in batches)
@@ -163,12 +170,12 @@ def test_auto_picks_a_variant_and_records_why(
     tiny_cross_encoder_path: Path, tmp_path: Path
 ) -> None:
     pytest.importorskip("onnxruntime")
-    calibration = [(QUERY, PASSAGES), ("capital of france", PASSAGES)]
+    sample = [(QUERY, PASSAGES), ("capital of france", PASSAGES)]
     backend = CrossEncoderBackend(
         str(tiny_cross_encoder_path),
         precision="auto",
         cache_dir=tmp_path,
-        calibration=calibration,
+        fidelity_sample=sample,
         registry=ModelRegistry(),
     )
     scores = backend.score(QUERY, PASSAGES)
@@ -197,31 +204,31 @@ def test_auto_choice_is_remembered_across_processes_until_the_model_changes(
 
     model = tmp_path / "model"
     shutil.copytree(tiny_cross_encoder_path, model)
-    calibrations: list[str] = []
-    original = CrossEncoderBackend._calibrate
+    choices: list[str] = []  # fresh choices, each measured and checked
+    original = auto.measure_and_choose
 
-    def counting(self: CrossEncoderBackend, device: str, sample: Any) -> Any:
-        calibrations.append(device)
-        return original(self, device, sample)
+    def counting(backend: CrossEncoderBackend, sample: Any, candidates: Any) -> Any:
+        choices.append(backend.model)
+        return original(backend, sample, candidates)
 
-    monkeypatch.setattr(CrossEncoderBackend, "_calibrate", counting)
+    monkeypatch.setattr(auto, "measure_and_choose", counting)
 
     def fresh_process() -> CrossEncoderBackend:  # a new registry is what a new process has
         backend = CrossEncoderBackend(
             str(model),
             precision="auto",
             cache_dir=tmp_path / "cache",
-            calibration=[(QUERY, PASSAGES)],
+            fidelity_sample=[(QUERY, PASSAGES)],
             registry=ModelRegistry(),
         )
         backend.load()
         return backend
 
     first = fresh_process()
-    assert len(calibrations) == 1 and first.selection is not None
+    assert len(choices) == 1 and first.selection is not None
     assert first.selection.remembered_from is None
     second = fresh_process()
-    assert len(calibrations) == 1, "the second process read the first one's choice"
+    assert len(choices) == 1, "the second process read the first one's choice"
     assert second.selection is not None and second.selection.remembered_from is not None
     assert second.variant == first.variant
     assert [a.variant for a in second.selection.agreements] == [
@@ -232,16 +239,16 @@ def test_auto_choice_is_remembered_across_processes_until_the_model_changes(
     (record,) = (tmp_path / "cache" / "auto-precision").glob("*.json")
     record.write_text("{not json")
     fresh_process()
-    assert len(calibrations) == 2
-    # Retrained weights (new mtime) are a different model: calibrate again.
+    assert len(choices) == 2
+    # Retrained weights (new mtime) are a different model: choose again.
     weights = next(model.glob("*.safetensors"))
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
     fresh_process()
-    assert len(calibrations) == 3
+    assert len(choices) == 3
 
 
 def test_auto_choice_for_an_unpinned_hub_id_is_not_remembered(tmp_path: Path) -> None:
-    from crossrank.backends.auto_choice import choice_key
+    from crossrank.backends.local.remembered import choice_key
 
     common: dict[str, Any] = {
         "device": "cpu",
@@ -264,7 +271,7 @@ def test_auto_with_an_impossible_gate_falls_back_to_fp32(
         str(tiny_cross_encoder_path),
         precision="auto",
         cache_dir=tmp_path,
-        calibration=[(QUERY, PASSAGES)],
+        fidelity_sample=[(QUERY, PASSAGES)],
         fidelity_gate=FidelityGate(min_kendall_tau=1.01),
         registry=ModelRegistry(),
     )
@@ -297,8 +304,10 @@ def test_kendall_tau_and_overlap() -> None:
         ({"precision": "bf16", "runtime": "onnx"}, "bf16"),
         ({"precision": "auto", "runtime": "onnx"}, "auto"),
         ({"num_threads": 0}, "num_threads"),
-        ({"dtype": "float64"}, "float64"),
-        ({"dtype": "bfloat16", "precision": "int8"}, "conflicts"),
+        ({"dtype": "float64"}, "precision="),
+        ({"dtype": "bfloat16", "precision": "int8"}, "dtype= was removed"),
+        ({"fidelity_sample": [("q", [])]}, "fidelity_sample"),
+        ({"fidelity_gate": 0.9}, "fidelity_gate"),
     ],
 )
 def test_bad_precision_options(options: dict[str, object], fragment: str) -> None:

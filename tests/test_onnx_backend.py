@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from crossrank import ModelRegistry
-from crossrank.backends import onnx_export
 from crossrank.backends.cross_encoder import CrossEncoderBackend
-from crossrank.backends.onnx_export import artifact_key, default_cache_dir, ensure_artifact
+from crossrank.backends.local import onnx_export
+from crossrank.backends.local.onnx_export import artifact_key, default_cache_dir, ensure_artifact
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")

@@ -55,3 +55,19 @@ def test_evict_and_clear() -> None:
     registry.get_or_load("b", lambda: 2)
     registry.clear()
     assert len(registry) == 0
+
+
+def test_a_registry_is_shared_not_copied_by_pickle_and_deepcopy() -> None:
+    import copy
+    import pickle
+
+    from crossrank.registry import default_registry, registry_named
+
+    registry = ModelRegistry()
+    registry.get_or_load("m", lambda: object())
+    assert pickle.loads(pickle.dumps(registry)) is registry
+    assert copy.deepcopy(registry) is registry
+    assert pickle.loads(pickle.dumps(default_registry)) is default_registry
+    # A name this process has never seen (as in another process) gets a fresh, empty one.
+    fresh = registry_named("from-another-process")
+    assert len(fresh) == 0 and registry_named("from-another-process") is fresh

@@ -1,4 +1,5 @@
-"""The score cache (identical scores, bounded size) and the micro-batching scheduler."""
+"""The score cache (identical scores, bounded size) and the micro-batching scheduler, as the
+local backend's convenience options use them (the wrappers alone: ``test_wrappers.py``)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ import pytest
 from crossrank import ModelRegistry
 from crossrank.backends.cross_encoder import CrossEncoderBackend
 from crossrank.backends.micro_batch import MicroBatcher
-from crossrank.backends.precision import cpu_supports_bf16
 from crossrank.backends.score_cache import ScoreCache
+from crossrank.backends.wrappers import CachedBackend
 from crossrank.errors import ConfigurationError
+from tests.support.cpu import needs_native_bf16
 
 QUERY = "refunds for digital downloads"
 PASSAGES = [
@@ -49,14 +51,17 @@ def test_cache_returns_identical_scores_and_skips_the_model(
     assert backend.score_cache is not None and backend.score_cache.hits == 6
 
 
-@pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no native bf16")
+@needs_native_bf16
 def test_cache_separates_queries_and_precisions(tiny_cross_encoder_path: Path) -> None:
     shared = ScoreCache(100)
     registry = ModelRegistry()
-    fp32 = CrossEncoderBackend(str(tiny_cross_encoder_path), registry=registry)
-    fp32.score_cache = shared
-    bf16 = CrossEncoderBackend(str(tiny_cross_encoder_path), dtype="bfloat16", registry=registry)
-    bf16.score_cache = shared
+    fp32 = CachedBackend(
+        CrossEncoderBackend(str(tiny_cross_encoder_path), registry=registry), cache=shared
+    )
+    bf16 = CachedBackend(
+        CrossEncoderBackend(str(tiny_cross_encoder_path), precision="bf16", registry=registry),
+        cache=shared,
+    )
     a = fp32.score(QUERY, PASSAGES)
     b = fp32.score("capital of france", PASSAGES)
     assert a != b
@@ -80,7 +85,7 @@ def test_cache_holds_no_caller_text() -> None:
     cache = ScoreCache(10)
     _, keys = cache.lookup("m", "secret query", ["secret passage"])
     cache.store(keys, [0.5])
-    assert "secret" not in repr(cache._entries)
+    assert "secret" not in repr(cache.entries)
 
 
 @pytest.mark.parametrize("size", [0, -1, True, 1.5])
@@ -154,5 +159,6 @@ def test_micro_batched_backend_matches_direct_scoring(tiny_cross_encoder_path: P
         thread.join()
     for query in queries:
         assert np.allclose(threaded[query], expected[query], atol=1e-5)
-    assert batched._batcher is not None and batched._batcher.groups_run < 2 * len(queries)
+    batcher = batched.micro_batcher
+    assert batcher is not None and batcher.groups_run < 2 * len(queries)
     batched.close()

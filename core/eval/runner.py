@@ -1,10 +1,11 @@
 """Running first-stage, reranked, selective and blended configurations over a collection.
 
 The expensive part of an evaluation is the backend's scoring, and every configuration that
-reranks the same candidates needs the same scores. :class:`CachingBackend` scores each
-(query, text) pair once per process and, when a later configuration reuses a score, charges
-that configuration the time the scoring originally took, so reported latencies are what a
-configuration would cost on its own.
+reranks the same candidates needs the same scores. :func:`caching` puts the backend behind
+an unbounded :class:`~crossrank.backends.wrappers.CachedBackend`, which scores each (query,
+text) pair once per process and remembers what it cost; when a later configuration reuses a
+score, that configuration is charged the time the scoring originally took, so reported
+latencies are what a configuration would cost on its own.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from crossrank.backends.base import Backend, TokenWindowing
+from crossrank.backends.base import Backend
+from crossrank.backends.wrappers import CachedBackend
 from crossrank.blend import Blend
 from crossrank.engine import Reranker
 from crossrank.eval.beir import BeirCollection
@@ -22,61 +24,11 @@ from crossrank.selective import AlwaysRerank, SelectivePolicy
 from crossrank.types import Candidate
 
 
-class CachingBackend:
-    """Wraps a backend; remembers every pair's score and how long it took to compute."""
-
-    def __init__(self, inner: Backend) -> None:
-        self.inner = inner
-        self._scores: dict[tuple[str, str], tuple[float, float]] = {}
-        #: scoring time of cache hits in the last call (ms): what the call would have cost.
-        self.last_replayed_ms = 0.0
-        self.pairs_computed = 0
-
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    @property
-    def model_name(self) -> str | None:
-        return self.inner.model_name
-
-    def score(self, query: str, texts: Sequence[str]) -> list[float]:
-        missing = [text for text in dict.fromkeys(texts) if (query, text) not in self._scores]
-        replayed = sum(
-            self._scores[(query, text)][1] for text in texts if (query, text) in self._scores
-        )
-        if missing:
-            started = time.perf_counter()
-            fresh = self.inner.score(query, missing)
-            per_pair_ms = (time.perf_counter() - started) * 1000.0 / len(missing)
-            self.pairs_computed += len(missing)
-            for text, value in zip(missing, fresh, strict=True):
-                self._scores[(query, text)] = (float(value), per_pair_ms)
-        self.last_replayed_ms = replayed
-        return [self._scores[(query, text)][0] for text in texts]
-
-    async def ascore(self, query: str, texts: Sequence[str]) -> list[float]:
-        return self.score(query, texts)
-
-
-class CachingWindowedBackend(CachingBackend):
-    """The same cache for backends that split long texts into token windows."""
-
-    inner: TokenWindowing  # type: ignore[assignment]
-
-    def token_spans(self, text: str) -> list[tuple[int, int]]:
-        return self.inner.token_spans(text)
-
-    def window_token_budget(self, query: str) -> int | None:
-        return self.inner.window_token_budget(query)
-
-
-def caching(backend: Backend) -> CachingBackend:
-    if isinstance(backend, CachingBackend):
+def caching(backend: Backend) -> CachedBackend:
+    """``backend`` behind an unbounded score cache (itself, if it already is one)."""
+    if isinstance(backend, CachedBackend):
         return backend
-    if isinstance(backend, TokenWindowing):
-        return CachingWindowedBackend(backend)
-    return CachingBackend(backend)
+    return CachedBackend(backend, max_entries=None)
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,11 @@ LayerNorm output has) coarsens every other token's rounding. On the trained Mini
 cross-encoder that moved rankings too far for the fidelity gate (Kendall tau about 0.89
 against fp32). Here each token gets its own scale, and the LayerNorm outlier channels are
 first shrunk by a per-channel factor that is folded into the weights (SmoothQuant), fitted
-once at load time from activation ranges on a calibration sample. Smoothing cannot tame the
+once at load time from activation ranges on the fidelity sample. Smoothing cannot tame the
 few channels that stay far above the rest (one GELU channel feeding MiniLM's first
 down-projection reaches 28x the median after it); those bypass the int8 grid as fp32
 columns (LLM.int8()'s decomposition, at most four channels per layer), which lifted the
-worst calibration query's Kendall tau on the reference model from 0.947 to 0.958.
+worst sample query's Kendall tau on the reference model from 0.947 to 0.958.
 
 Only the encoder's linear layers are quantized; the pooler and classifier read one token
 per pair, cost nothing, and amplify every rounding error into the score, so they stay fp32.

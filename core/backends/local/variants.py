@@ -2,7 +2,7 @@
 
 One switch (``precision=`` plus ``runtime=``) names a variant; this module turns the pair into
 a :class:`Variant`, checks that the hardware can run it, and lists the candidates
-``precision="auto"`` may pick from, fastest first. It imports nothing heavy: the hardware probe
+``precision="auto"`` may try on this CPU. It imports nothing heavy: the hardware probe
 imports torch only when asked.
 """
 
@@ -11,12 +11,13 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+from crossrank.backends.local.cpu import cpu_flags, has_fast_int8, has_native_bf16
 from crossrank.errors import ConfigurationError
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int8-mixed", "auto")
 RUNTIMES = ("torch", "onnx", "auto")
 
-#: Aliases accepted for ``precision=`` (the torch dtype names the lead's ``dtype=`` used).
+#: Aliases accepted for ``precision=`` (torch's dtype names mean the same precisions).
 _PRECISION_ALIASES = {
     "float32": "fp32",
     "bfloat16": "bf16",
@@ -32,7 +33,7 @@ class Variant:
 
     ``quantization`` is ``None`` for float variants; ``"token"`` (torch) quantizes the
     encoder's linear layers to int8 with one activation scale per token, after smoothing
-    outlier channels into the weights (:mod:`crossrank.backends.token_int8`);
+    outlier channels into the weights (:mod:`crossrank.backends.local.token_int8`);
     ``"dynamic"`` (ONNX Runtime) quantizes every linear
     layer's weights per channel and its activations per batch at run time; ``"dynamic-mixed"``
     quantizes only the plain linear layers and keeps in fp32 the fused attention (QKV
@@ -57,20 +58,26 @@ FP32_TORCH = Variant("torch", "fp32")
 TORCH_INT8 = Variant("torch", "int8", "token")
 
 
+def canonical_precision(precision: str) -> str:
+    """``precision`` with aliases resolved (``"bfloat16"`` -> ``"bf16"``), lower-cased."""
+    name = precision.strip().lower()
+    return _PRECISION_ALIASES.get(name, name)
+
+
 def parse_variant(
     precision: str, runtime: str, *, device: str, check_hardware: bool = True
 ) -> Variant:
     """Resolve ``precision``/``runtime`` to a variant, or raise naming the bad value.
 
     ``check_hardware=False`` validates names only (no torch import), for constructors.
-    ``precision="auto"`` is not resolved here (it needs a calibration run); callers check it
+    ``precision="auto"`` is not resolved here (it needs measuring); callers check it
     first. ``runtime="auto"`` means torch for float precisions and ONNX Runtime for int8.
     ``precision="int8"`` with ``runtime="torch"`` is the per-token int8 variant; it needs a
     torch with a CPU int8 matmul, and ``"int8-mixed"`` is an ONNX Runtime recipe only.
     """
     if not isinstance(precision, str):
         raise ConfigurationError(f"precision must be a string, got {precision!r}")
-    name = _PRECISION_ALIASES.get(precision.strip().lower(), precision.strip().lower())
+    name = canonical_precision(precision)
     if name not in PRECISIONS or name == "auto":
         raise ConfigurationError(
             f"unknown precision {precision!r}; expected one of {list(PRECISIONS)}"
@@ -117,7 +124,7 @@ def parse_variant(
 def torch_int8_supported() -> bool:
     """True when torch can multiply int8 matrices on this CPU (``torch._int_mm``)."""
     try:
-        from crossrank.backends.token_int8 import int8_matmul_available
+        from crossrank.backends.local.token_int8 import int8_matmul_available
     except ImportError:
         return False
     return int8_matmul_available()
@@ -134,31 +141,36 @@ def cpu_supports_bf16() -> bool:
             return bool(probe())
     except Exception:
         pass
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            flags = handle.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return has_native_bf16()
 
 
-def auto_candidates(device: str, *, compiled: bool = True) -> list[Variant]:
-    """Variants ``precision="auto"`` tries, fastest first on the given device.
+def auto_candidates(
+    device: str, *, compiled: bool = True, flags: frozenset[str] | None = None
+) -> list[Variant]:
+    """Variants ``precision="auto"`` may try on this device, in the order they are tried.
 
-    The order comes from ``benchmarks/local_backend.py`` on an AVX-512 CPU: ONNX Runtime's
-    per-tensor int8 beats torch's per-token int8, which beats bf16 and mixed int8, which beat
-    fused fp32 ONNX, which beats fp32 torch. The fp32 torch reference always passes and ends
-    the list. Torch int8 is fast only when compiled (eager, it runs at 1.1-1.7x fp32, behind
-    bf16 later in the list), so ``compiled=False`` leaves it out.
+    The order is a prior from ``benchmarks/local_backend.py`` on an AVX-512 VNNI CPU; auto
+    measures each one's speed where it runs and orders by that, so the list only decides who
+    is loaded first. It leaves out what cannot be fast here: torch int8 without VNNI or AMX
+    (``flags``, default this CPU's; on an AVX2-only EPYC it ran 21x slower than fp32) or
+    without compiling (eager, it runs behind bf16), and bf16 without native support. The
+    fp32 torch reference ends the list.
     """
     if device.startswith(("cuda", "mps")):
         return [Variant("torch", "fp16"), FP32_TORCH]
+    present = cpu_flags() if flags is None else flags
     candidates = [Variant("onnx", "int8", "dynamic")]
-    if compiled and torch_int8_supported():
+    if compiled and has_fast_int8(present) and torch_int8_supported():
         candidates.append(TORCH_INT8)
     candidates.append(Variant("onnx", "int8-mixed", "dynamic-mixed"))
-    if cpu_supports_bf16():
+    if cpu_supports_bf16() and (flags is None or has_native_bf16(present)):
         candidates.append(Variant("torch", "bf16"))
     candidates.append(Variant("onnx", "fp32"))
     candidates.append(FP32_TORCH)
     return candidates
+
+
+def variant_from_label(label: str) -> Variant:
+    """The variant a label such as ``"onnx-int8-mixed"`` names (labels are stored on disk)."""
+    runtime, _, precision = label.partition("-")
+    return parse_variant(precision, runtime, device="cuda" if precision == "fp16" else "cpu")

@@ -1,18 +1,20 @@
-"""Remember what ``precision="auto"`` chose, on disk, so the next process does not recalibrate.
+"""Remember what ``precision="auto"`` chose, on disk, so the next process only loads files.
 
-Calibrating loads fp32 and every faster candidate, exports and quantizes the ONNX ones the
-first time, and scores a sample with each: tens of seconds at start-up, every start-up.
-The answer only changes when something it depends on changes, so it is written next to
-the ONNX cache under a key built from all of those things: the model's weights (path plus
-file sizes and mtimes, as the ONNX cache keys them), revision, device, maximum length,
-logit index, the gate's thresholds, the calibration sample, the candidate list, the CPU's
-bf16 support and the versions of the libraries that compute the scores.
+Choosing loads fp32 and every candidate, exports and quantizes the ONNX ones the first time,
+times each on this CPU and scores the fidelity sample with the fast ones: seconds to minutes
+at start-up, every start-up. The answer only changes when something it depends on changes,
+so it is written next to the ONNX cache (``crossrank optimize`` writes it ahead of time)
+under a key built from all of those things: the model's weights (path plus file sizes and
+mtimes, as the ONNX cache keys them), revision, device, maximum length, logit index, the
+gate's thresholds, the fidelity sample, the candidate list, the CPU's features (a choice
+timed on an AVX-512 VNNI CPU says nothing about an AVX2 one) and the versions of the
+libraries that compute the scores.
 
 Only models whose identity is pinned are remembered: a local path (its files are
 fingerprinted) or a hub id with an explicit ``revision``. A hub id without one may change
-upstream, so it recalibrates in each process. A file that cannot be read or does not match
-its key is ignored and rewritten; failing to write only costs the next process a
-recalibration, never the caller an error.
+upstream, so it is chosen afresh in each process. A file that cannot be read or does not
+match its key is ignored and rewritten; failing to write only costs the next process a new
+choice, never the caller an error.
 """
 
 from __future__ import annotations
@@ -27,12 +29,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from crossrank.backends.fidelity import Agreement, FidelityGate, Selection
+from crossrank.backends.local.fidelity import Agreement, FidelityGate, Selection
 
 logger = logging.getLogger(__name__)
 
 #: Bump when the meaning of a stored choice changes.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _FOLDER = "auto-precision"
 _LIBRARIES = ("torch", "onnxruntime", "transformers", "sentence_transformers")
 
@@ -59,9 +61,9 @@ def choice_key(
     sample_digest: str,
     candidates: list[str],
 ) -> str | None:
-    """Hex key for one calibration's inputs, or ``None`` when the model is not pinned."""
-    from crossrank.backends.onnx_export import EXPORT_FORMAT_VERSION, model_fingerprint
-    from crossrank.backends.precision import cpu_supports_bf16
+    """Hex key for one choice's inputs, or ``None`` when the model is not pinned."""
+    from crossrank.backends.local.cpu import feature_key
+    from crossrank.backends.local.onnx_export import EXPORT_FORMAT_VERSION, model_fingerprint
 
     local = Path(model).expanduser().exists()
     if not local and revision is None:
@@ -76,7 +78,7 @@ def choice_key(
         "gate": [gate.min_kendall_tau, gate.min_top_k_overlap, gate.top_k],
         "sample": sample_digest,
         "candidates": candidates,
-        "cpu_bf16": cpu_supports_bf16() if device == "cpu" else None,
+        "cpu": feature_key() if device == "cpu" else None,
         "libraries": _library_versions(),
     }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:24]
@@ -106,6 +108,7 @@ def load_choice(root: Path, key: str) -> Selection | None:
             agreements=agreements,
             gate=gate,
             remembered_from=str(path),
+            reference_pairs_per_second=stored.get("reference_pairs_per_second"),
         )
     except FileNotFoundError:
         return None
@@ -130,6 +133,7 @@ def save_choice(root: Path, key: str, selection: Selection) -> None:
         "reason": selection.reason,
         "gate": asdict(selection.gate),
         "agreements": agreements,
+        "reference_pairs_per_second": selection.reference_pairs_per_second,
     }
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from crossrank.backends.onnx_export import OnnxArtifact
+from crossrank.backends.local.onnx_export import OnnxArtifact
 from crossrank.errors import ModelLoadError, missing_dependency
 from crossrank.registry import ModelRegistry
 

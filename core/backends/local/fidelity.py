@@ -1,7 +1,7 @@
 """Does a faster variant rank like fp32? Agreement measures and the gate ``precision="auto"`` uses.
 
 Scores from bf16 or int8 differ from fp32 by design; what a reranker must keep is the
-*order*. Two measures, per calibration query, then the worst query decides:
+*order*. Two measures, per query of the fidelity sample, then the worst query decides:
 
 - Kendall's tau-b between the variant's and fp32's scores (1 = same order);
 - top-k overlap: the share of fp32's top-k that the variant also puts in its top-k.
@@ -14,8 +14,9 @@ per-tensor int8 (tau about 0.7-0.9) moved nDCG by more.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -59,7 +60,12 @@ def top_k_overlap(
 
 @dataclass(frozen=True)
 class Agreement:
-    """How one variant ranked a calibration set against fp32 (worst query shown)."""
+    """How one variant ranked the fidelity sample against fp32 (worst query shown), and how
+    fast it ran here.
+
+    ``passed`` is auto's whole verdict: the ranking agrees and, when ``speedup`` was
+    measured, the variant is fast enough on this machine to be worth it.
+    """
 
     variant: str
     kendall_tau: float
@@ -67,24 +73,44 @@ class Agreement:
     max_abs_diff: float
     passed: bool
     error: str | None = None
+    #: Pairs per second on auto's timed sample; ``None`` when not measured.
+    pairs_per_second: float | None = None
+    #: ``pairs_per_second`` over fp32 torch's on the same sample.
+    speedup: float | None = None
 
     def describe(self) -> str:
+        speed = f", {self.speedup:.2f}x fp32 here" if self.speedup is not None else ""
         if self.error is not None:
-            return f"{self.variant}: unavailable ({self.error})"
+            return f"{self.variant}: unavailable ({self.error}{speed})"
         verdict = "passes" if self.passed else "fails"
         return (
             f"{self.variant}: {verdict} (min tau {self.kendall_tau:.4f}, min top-k overlap "
-            f"{self.top_k_overlap:.2f}, max |diff| {self.max_abs_diff:.4g})"
+            f"{self.top_k_overlap:.2f}, max |diff| {self.max_abs_diff:.4g}{speed})"
         )
 
 
 @dataclass(frozen=True)
 class FidelityGate:
-    """Thresholds a variant must meet on every calibration query."""
+    """Thresholds a variant must meet on every query of the fidelity sample."""
 
     min_kendall_tau: float = DEFAULT_MIN_KENDALL_TAU
     min_top_k_overlap: float = DEFAULT_MIN_TOP_K_OVERLAP
     top_k: int = DEFAULT_TOP_K
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form, so a saved reranker config keeps a custom gate."""
+        return asdict(self)
+
+    @classmethod
+    def coerce(cls, value: FidelityGate | Mapping[str, Any] | None) -> FidelityGate:
+        """A gate from itself, its :meth:`to_dict` form (a loaded config), or the default."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, Mapping):
+            return cls(**value)
+        raise TypeError(f"fidelity_gate must be a FidelityGate or a mapping, got {value!r}")
 
     def measure(
         self,
@@ -119,11 +145,15 @@ class Selection:
     reason: str
     agreements: list[Agreement] = field(default_factory=list)
     gate: FidelityGate = field(default_factory=FidelityGate)
-    #: The file an earlier process's calibration was read from (``None``: calibrated now).
+    #: The file an earlier process's choice was read from (``None``: chosen now).
     remembered_from: str | None = None
+    #: fp32 torch's pairs per second on the timed sample (``None``: speed not measured).
+    reference_pairs_per_second: float | None = None
 
     def describe(self) -> str:
         lines = [f"chose {self.chosen}: {self.reason}"]
+        if self.reference_pairs_per_second is not None:
+            lines.append(f"  fp32 torch here: {self.reference_pairs_per_second:.1f} pairs/s")
         if self.remembered_from is not None:
             lines.append(f"  (remembered from {self.remembered_from})")
         lines.extend(f"  {agreement.describe()}" for agreement in self.agreements)
