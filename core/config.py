@@ -28,7 +28,12 @@ from crossrank.errors import ConfigurationError
 from crossrank.normalize import Normalizer, resolve_normalizer
 from crossrank.secrets import Secret, as_secret
 from crossrank.selective import SelectivePolicy, parse_policy
-from crossrank.validation import check_choice, check_threshold, check_top_n
+from crossrank.validation import (
+    check_choice,
+    check_latency_budget,
+    check_threshold,
+    check_top_n,
+)
 from crossrank.windows import AGGREGATIONS
 
 
@@ -71,6 +76,9 @@ class RerankerConfig:
     deduplicate: bool = True
     #: Raise when the backend fails instead of returning the flagged first-stage order.
     strict: bool = False
+    #: Answer within this many milliseconds: rerank the longest first-stage head that fits,
+    #: keep the rest in first-stage order below it (see :mod:`crossrank.budget`).
+    latency_budget_ms: float | None = None
 
     def __post_init__(self) -> None:
         backend_options = dict(_mapping("backend_options", self.backend_options))
@@ -112,6 +120,7 @@ class RerankerConfig:
         if isinstance(stride, bool) or not isinstance(stride, int) or stride < 0:
             raise ConfigurationError(f"window_stride must be an integer >= 0, got {stride!r}")
         check_choice("window_aggregation", self.window_aggregation, AGGREGATIONS)
+        check_latency_budget(self.latency_budget_ms)
 
     # -- building ---------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ import numpy as np
 from crossrank.backends import create_backend
 from crossrank.backends.base import Backend, Ranking, TokenWindowing, scores_from_ranks
 from crossrank.blend import parse_blend
+from crossrank.budget import BudgetOutcome, chunk_size_of, chunks, cost_model_for
 from crossrank.config import RerankerConfig
 from crossrank.errors import BackendError, BackendResponseError, ConfigurationError, CrossrankError
 from crossrank.log_limit import WarningThrottle
@@ -42,7 +43,13 @@ from crossrank.types import (
     RerankStatus,
     SelectiveDecision,
 )
-from crossrank.validation import check_query, check_threshold, check_top_n, to_candidates
+from crossrank.validation import (
+    check_latency_budget,
+    check_query,
+    check_threshold,
+    check_top_n,
+    to_candidates,
+)
 from crossrank.windows import Aggregation, WindowPlan, aggregate, no_windows, plan_windows
 
 logger = logging.getLogger("crossrank")
@@ -63,6 +70,11 @@ class _Call:
     started: float
     timings_ms: dict[str, float] = field(default_factory=dict)
     scored_from_ranks: bool = False
+    budget_ms: float | None = None
+    #: perf_counter() time by which scoring must end, when a budget applies.
+    deadline: float | None = None
+    deadline_hit: bool = False
+    predicted_ms: float | None = None
 
     def lap(self, stage: str, since: float) -> float:
         now = time.perf_counter()
@@ -219,18 +231,28 @@ class Reranker:
         *,
         top_n: int | None = None,
         threshold: float | None = None,
+        latency_budget_ms: float | None = None,
     ) -> RerankResult:
-        """Rerank ``candidates`` (first-stage order) for ``query``; blocks while scoring."""
-        call = self._prepare(query, candidates, top_n, threshold)
+        """Rerank ``candidates`` (first-stage order) for ``query``; blocks while scoring.
+
+        ``top_n``, ``threshold`` and ``latency_budget_ms`` override the config for this call.
+        """
+        call = self._prepare(query, candidates, top_n, threshold, latency_budget_ms)
         unscored = self._result_without_scoring(call)
         if unscored is not None:
             return unscored
         try:
             self._plan_windows(call)
             scoring_started = time.perf_counter()
-            window_scores = self.backend.score(call.query, call.windows.window_texts)
+            scored = 0
+            parts: list[Sequence[float] | Ranking] = []
+            for chunk in self._chunks(call):
+                if not self._time_for(call, chunk):
+                    break
+                parts.append(self._learn(call, chunk, self.backend.score, call.windows))
+                scored = chunk.stop
             call.lap("score", scoring_started)
-            return self._finish(call, window_scores)
+            return self._finish(call, parts, scored)
         except Exception as exc:  # a failing backend degrades to the first stage
             return self._fallback(call, exc)
 
@@ -241,9 +263,10 @@ class Reranker:
         *,
         top_n: int | None = None,
         threshold: float | None = None,
+        latency_budget_ms: float | None = None,
     ) -> RerankResult:
         """Async twin of :meth:`rerank`; the backend's ``ascore`` keeps the loop free."""
-        call = self._prepare(query, candidates, top_n, threshold)
+        call = self._prepare(query, candidates, top_n, threshold, latency_budget_ms)
         unscored = self._result_without_scoring(call)
         if unscored is not None:
             return unscored
@@ -254,9 +277,29 @@ class Reranker:
             else:
                 self._plan_windows(call)
             scoring_started = time.perf_counter()
-            window_scores = await self.backend.ascore(call.query, call.windows.window_texts)
+            scored = 0
+            parts: list[Sequence[float] | Ranking] = []
+            for chunk in self._chunks(call):
+                if not self._time_for(call, chunk):
+                    break
+                texts = call.windows.window_texts[chunk.start : chunk.stop]
+                started = time.perf_counter()
+                if call.deadline is None:
+                    part = await self.backend.ascore(call.query, texts)
+                else:
+                    try:  # an API call is cut at the deadline; what was scored is kept
+                        part = await asyncio.wait_for(
+                            self.backend.ascore(call.query, texts),
+                            max(call.deadline - started, 0.0),
+                        )
+                    except asyncio.TimeoutError:
+                        call.deadline_hit = True
+                        break
+                self._observe(call, chunk, started)
+                parts.append(part)
+                scored = chunk.stop
             call.lap("score", scoring_started)
-            return self._finish(call, window_scores)
+            return self._finish(call, parts, scored)
         except Exception as exc:
             return self._fallback(call, exc)
 
@@ -268,6 +311,7 @@ class Reranker:
         candidates: Sequence[Candidate | str],
         top_n: int | None,
         threshold: float | None,
+        latency_budget_ms: float | None = None,
     ) -> _Call:
         started = time.perf_counter()
         checked_query = check_query(query)
@@ -292,6 +336,11 @@ class Reranker:
             top_n=call_top_n,
             threshold=call_threshold,
             started=started,
+            budget_ms=(
+                check_latency_budget(latency_budget_ms)
+                if latency_budget_ms is not None
+                else self.config.latency_budget_ms
+            ),
         )
         mark = call.lap("validate", started)
         if not kept:
@@ -318,27 +367,112 @@ class Reranker:
             call.windows = no_windows(texts)
         call.lap("windows", started)
 
-    def _finish(self, call: _Call, window_scores: Sequence[float] | Ranking) -> RerankResult:
+    def _budget_outcome(self, call: _Call, reranked: int) -> BudgetOutcome | None:
+        if call.budget_ms is None:
+            return None
+        return BudgetOutcome(
+            budget_ms=call.budget_ms,
+            reranked=reranked,
+            kept_in_first_stage_order=len(call.kept) - reranked,
+            predicted_ms=call.predicted_ms,
+            scoring_ms=call.timings_ms.get("score", 0.0),
+            deadline_hit=call.deadline_hit,
+        )
+
+    # -- scoring under a latency budget ------------------------------------------------------
+
+    def _chunks(self, call: _Call) -> list[range]:
+        """Window ranges to score in order: all at once, or the budget's head in chunks."""
+        count = len(call.windows.window_texts)
+        if call.budget_ms is None:
+            return [range(count)]
+        call.deadline = call.started + call.budget_ms / 1000.0
+        # A listwise backend ranks what it is given together: its ranks split across calls
+        # would not compare, so it gets one call for everything.
+        listwise = getattr(self.backend, "returns_ranks", False)
+        chunk = count if listwise else chunk_size_of(self.backend)
+        planned = chunks(count, chunk)
+        model = cost_model_for(self.backend)
+        if not model.ready:
+            return planned  # nothing learned yet: score chunk by chunk, learning from each
+        remaining_ms = (call.deadline - time.perf_counter()) * 1000.0
+        head: list[range] = []
+        for candidate_chunk in planned:
+            predicted = model.predict([self._characters(call, r) for r in [*head, candidate_chunk]])
+            if predicted is None or predicted > remaining_ms:
+                break
+            head.append(candidate_chunk)
+            call.predicted_ms = predicted
+        return head
+
+    def _time_for(self, call: _Call, chunk: range) -> bool:
+        """Whether ``chunk`` can still be scored before the deadline (always, without one)."""
+        if call.deadline is None:
+            return True
+        remaining_ms = (call.deadline - time.perf_counter()) * 1000.0
+        predicted = cost_model_for(self.backend).predict([self._characters(call, chunk)])
+        if remaining_ms <= 0 or (predicted is not None and predicted > remaining_ms):
+            call.deadline_hit = True
+            return False
+        return True
+
+    def _learn(
+        self, call: _Call, chunk: range, score: Any, windows: WindowPlan
+    ) -> Sequence[float] | Ranking:
         started = time.perf_counter()
-        if isinstance(window_scores, Ranking):
-            window_scores = scores_from_ranks(window_scores.ranks)
-            call.scored_from_ranks = True
-        scores = _checked_scores(window_scores, len(call.windows.window_texts), self.backend.name)
-        raw = aggregate(call.windows, scores, self.window_aggregation)
+        part = score(call.query, windows.window_texts[chunk.start : chunk.stop])
+        self._observe(call, chunk, started)
+        return part  # type: ignore[no-any-return]
+
+    def _observe(self, call: _Call, chunk: range, started: float) -> None:
+        elapsed_ms = (time.perf_counter() - started) * 1000.0
+        cost_model_for(self.backend).observe(self._characters(call, chunk), elapsed_ms)
+
+    @staticmethod
+    def _characters(call: _Call, chunk: range) -> int:
+        texts = call.windows.window_texts
+        return sum(len(call.query) + len(texts[index]) for index in chunk)
+
+    def _finish(
+        self, call: _Call, parts: Sequence[Sequence[float] | Ranking], scored_windows: int
+    ) -> RerankResult:
+        """Aggregate, blend and normalize the scored head; the rest keeps first-stage order."""
+        started = time.perf_counter()
+        window_scores: list[float] = []
+        for part in parts:
+            if isinstance(part, Ranking):
+                part = scores_from_ranks(part.ranks)
+                call.scored_from_ranks = True
+            window_scores.extend(_checked_scores(part, len(part), self.backend.name))
+        _checked_scores(window_scores, scored_windows, self.backend.name)
+        owners = call.windows.owners
+        # A candidate counts as reranked only when every one of its windows was scored.
+        head = len(call.kept) if scored_windows == len(owners) else owners[scored_windows]
+        if head == 0:
+            return self._first_stage_result(call, "skipped")
+        head_windows = len(owners) if head == len(call.kept) else owners.index(head)
+        plan = WindowPlan(call.windows.window_texts[:head_windows], owners[:head_windows], head)
+        raw = aggregate(plan, window_scores[:head_windows], self.window_aggregation)
         if self.blend is not None:
-            first_stage_ranks = list(range(1, len(call.kept) + 1))
-            first_stage_scores = [candidate.first_stage_score for candidate in call.kept]
+            first_stage_ranks = list(range(1, head + 1))
+            first_stage_scores = [candidate.first_stage_score for candidate in call.kept[:head]]
             raw = self.blend.combine(first_stage_ranks, first_stage_scores, raw)
-        normalized = self.normalizer(np.asarray(raw, dtype=np.float64))
+        normalized = [float(value) for value in self.normalizer(np.asarray(raw, dtype=np.float64))]
         # Stable sort: equal scores keep first-stage order, so results are deterministic.
-        order = sorted(range(len(raw)), key=lambda index: -raw[index])
+        order = sorted(range(head), key=lambda index: -raw[index])
+        tail = list(range(head, len(call.kept)))
+        if tail:
+            floor = self.normalizer.bounds[0]
+            floor = floor if math.isfinite(floor) else min(normalized)
+            normalized += [floor] * len(tail)
         call.lap("normalize", started)
         return self._build(
             call,
             "reranked",
-            order=order,
-            raw_scores=raw,
-            normalized=[float(value) for value in normalized],
+            order=order + tail,
+            raw_scores=[*raw, *([None] * len(tail))],
+            normalized=normalized,
+            reranked_count=head,
         )
 
     def _first_stage_result(
@@ -388,10 +522,11 @@ class Reranker:
         status: RerankStatus,
         *,
         order: list[int],
-        raw_scores: list[float] | None,
+        raw_scores: Sequence[float | None] | None,
         normalized: list[float],
         normalization: str | None = None,
         error: str | None = None,
+        reranked_count: int = 0,
     ) -> RerankResult:
         ranked: list[RankedCandidate] = []
         for position in order:
@@ -405,7 +540,7 @@ class Reranker:
                     first_stage_rank=position + 1,
                     rank=len(ranked) + 1,
                     score=score,
-                    raw_score=None if raw_scores is None else float(raw_scores[position]),
+                    raw_score=_optional_float(None if raw_scores is None else raw_scores[position]),
                 )
             )
             if call.top_n is not None and len(ranked) >= call.top_n:
@@ -425,12 +560,17 @@ class Reranker:
             error=error,
             timings_ms=dict(call.timings_ms),
             scores_from_ranks=call.scored_from_ranks and scored,
+            budget=self._budget_outcome(call, reranked_count),
         )
         return RerankResult(query=call.query, ranked=tuple(ranked), report=report)
 
 
 # Normalizations that mean the same on any score scale, first-stage scores included.
 _SCALE_FREE_NORMALIZERS = (Softmax, Sigmoid, MinMax, Identity)
+
+def _optional_float(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
 
 def _rebuild_reranker(config: RerankerConfig) -> Reranker:
     return Reranker(config=config)

@@ -91,6 +91,13 @@ class RerankReport:
     #: True when a listwise backend gave ranks, not scores: raw scores are then
     #: ``1 - (rank - 1) / n`` (see :func:`crossrank.backends.base.scores_from_ranks`).
     scores_from_ranks: bool = False
+    #: What the latency budget did, when one applied (see :mod:`crossrank.budget`).
+    budget: Any = None
+
+    @property
+    def partial(self) -> bool:
+        """Reranked, but only the head the latency budget allowed; the rest kept its place."""
+        return self.budget is not None and self.budget.kept_in_first_stage_order > 0
 
     @property
     def reranked(self) -> bool:

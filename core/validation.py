@@ -52,6 +52,17 @@ def check_threshold(
     return float(threshold)
 
 
+def check_latency_budget(budget_ms: Any) -> float | None:
+    if budget_ms is None:
+        return None
+    if not is_real_number(budget_ms) or not math.isfinite(budget_ms) or budget_ms <= 0:
+        raise InvalidInputError(
+            f"latency_budget_ms must be a positive number of milliseconds or None, got "
+            f"{_short(budget_ms)}"
+        )
+    return float(budget_ms)
+
+
 def to_candidates(items: Sequence[Any]) -> list[Candidate]:
     """Accept ``Candidate`` objects or plain strings; reject anything else by position."""
     if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):

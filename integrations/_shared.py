@@ -37,6 +37,7 @@ FIRST_STAGE_RANK = "first_stage_rank"
 RAW_SCORE = "rerank_raw_score"
 STATUS = "rerank_status"
 ERROR = "rerank_error"
+PARTIAL = "rerank_partial"
 
 
 def resolve_config(
@@ -155,4 +156,6 @@ def result_metadata(item: RankedCandidate, report: RerankReport) -> dict[str, An
         metadata[FIRST_STAGE_SCORE] = item.candidate.first_stage_score
     if report.error is not None:
         metadata[ERROR] = report.error
+    if report.partial:  # the latency budget reranked a head only; this may lie below it
+        metadata[PARTIAL] = True
     return metadata

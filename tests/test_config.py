@@ -34,6 +34,7 @@ NON_DEFAULT = {
     "window_aggregation": "mean",
     "deduplicate": False,
     "strict": True,
+    "latency_budget_ms": 250.0,
 }
 
 

@@ -91,6 +91,9 @@ class BaseBackend:
     #: Constructor options that hold credentials. Whatever is given for them is wrapped in a
     #: :class:`crossrank.Secret`, so configs, reprs and logs know them by type, not by name.
     secret_options: ClassVar[tuple[str, ...]] = ()
+    #: True for listwise backends that return :class:`Ranking`: the engine then never splits
+    #: one query's texts across calls (ranks from different calls do not compare).
+    returns_ranks: ClassVar[bool] = False
 
     @property
     def model_name(self) -> str | None:
