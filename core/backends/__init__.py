@@ -25,6 +25,7 @@ BACKENDS: dict[str, str] = {
     "voyage": "crossrank.backends.providers:VoyageBackend",
     "mixedbread": "crossrank.backends.providers:MixedbreadBackend",
     "late-interaction": "crossrank.backends.late_interaction:LateInteractionBackend",
+    "llm": "crossrank.backends.llm:LlmBackend",
 }
 
 
