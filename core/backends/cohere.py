@@ -28,6 +28,7 @@ from crossrank.backends.http import (
     failure_from_status,
     failure_from_transport,
     redact,
+    shared_ssl_context,
 )
 from crossrank.backends.providers import COHERE, cohere_request
 from crossrank.errors import BackendResponseError, missing_dependency
@@ -93,6 +94,7 @@ class CohereBackend(RemoteRerankBackend[Any]):
                 max_connections=policy.max_connections,
                 max_keepalive_connections=policy.max_connections,
             ),
+            "verify": shared_ssl_context(),
             "follow_redirects": True,
         }
 

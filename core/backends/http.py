@@ -34,6 +34,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import email.utils
+import functools
 import logging
 import math
 import random
@@ -244,6 +245,18 @@ def protect_logs(secret_value: str | None) -> None:
         target = logging.getLogger(name)
         if _REDACTING_FILTER not in target.filters:
             target.addFilter(_REDACTING_FILTER)
+
+
+@functools.lru_cache(maxsize=1)
+def shared_ssl_context() -> Any:
+    """One TLS context for every client this process opens.
+
+    Building one loads the CA bundle (about 45 ms); a client per event loop would pay that
+    on every ``asyncio.run``. The context only verifies, so sharing it is safe.
+    """
+    import httpx
+
+    return httpx.create_ssl_context()
 
 
 def public_url(url: str) -> str:

@@ -27,6 +27,7 @@ from crossrank.backends.http import (
     error_text,
     failure_from_status,
     failure_from_transport,
+    shared_ssl_context,
 )
 from crossrank.errors import BackendResponseError, missing_dependency
 
@@ -227,6 +228,7 @@ class HttpRerankBackend(RemoteRerankBackend[Any]):
                 max_connections=policy.max_connections,
                 max_keepalive_connections=policy.max_connections,
             ),
+            "verify": shared_ssl_context(),
         }
 
     def _new_sync_client(self) -> Any:
