@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _local_workload as workload
 
 from crossrank.backends.cross_encoder import CrossEncoderBackend
-from crossrank.backends.fidelity import FidelityGate, kendall_tau, top_k_overlap
+from crossrank.backends.local.fidelity import FidelityGate, kendall_tau, top_k_overlap
 from crossrank.registry import ModelRegistry
 
 VARIANTS = {

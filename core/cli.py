@@ -21,6 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "choose a selective-reranking / blending configuration from labelled data",
     ),
     "finetune": ("crossrank.finetune", "fine-tune a cross-encoder on BEIR relevance judgments"),
+    "optimize": (
+        "crossrank.backends.local.optimize",
+        "build a local model's ONNX / int8 files and precision='auto''s choice ahead of time",
+    ),
     "serve": (
         "crossrank.serve.command",
         "serve the reranker over HTTP (Cohere v2 and TEI formats), optionally on Ray Serve",

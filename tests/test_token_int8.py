@@ -237,11 +237,10 @@ def _offer_only_int8_then_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
     from crossrank.backends.local.variants import FP32_TORCH
 
     monkeypatch.setattr(auto, "auto_candidates", lambda *_a, **_k: [TORCH_INT8, FP32_TORCH])
-    monkeypatch.setattr(
-        auto,
-        "measure_throughput",
-        lambda backend, _queries, texts: len(texts) * (10.0 if backend.precision == "int8" else 1.0),
-    )
+    def measure(backend: CrossEncoderBackend, _queries: object, texts: list[str]) -> float:
+        return len(texts) * (10.0 if backend.precision == "int8" else 1.0)
+
+    monkeypatch.setattr(auto, "measure_throughput", measure)
 
 
 def _auto_in_a_fresh_process(model: Path, cache_dir: Path, **options: Any) -> CrossEncoderBackend:

@@ -1,0 +1,147 @@
+"""``crossrank optimize MODEL``: all of ``precision="auto"``'s work done ahead of time.
+
+A server should not export, quantize, compile and time variants while its first request
+waits (18 minutes on a shared AVX2 VM before auto learned to measure). This command does it
+once per machine class: it builds the ONNX fp32, int8 and mixed int8 artifacts, lets auto
+measure and choose on this CPU, and records the choice under the CPU's features in the
+output folder. A process that then creates ``CrossEncoderBackend(MODEL, precision="auto",
+cache_dir=OUTPUT)`` on a CPU with the same features only loads files; on another class of
+CPU the record does not apply and it chooses afresh (run ``optimize`` there too).
+
+Choices are remembered only for pinned models: a local path (fingerprinted by its files) or
+a hub id with ``--revision``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from crossrank.backends.local.fidelity import Selection
+
+QUANTIZATIONS = (None, "dynamic", "dynamic-mixed")
+
+
+@dataclass(frozen=True)
+class OptimizeReport:
+    """What ``optimize`` built and chose, and what a serving process's start then costs."""
+
+    model: str
+    cache_dir: Path
+    artifacts: list[Path]
+    selection: Selection
+    #: The record a serving process reads (``None``: the model is not pinned, see above).
+    record: str | None
+    #: Seconds a fresh registry in this process took to load the chosen variant from files.
+    warm_start_s: float
+
+
+def optimize(
+    model: str,
+    *,
+    cache_dir: str | Path | None = None,
+    fidelity_sample: Sequence[tuple[str, Sequence[str]]] | None = None,
+    **options: Any,
+) -> OptimizeReport:
+    """Build the artifacts and the choice for ``model`` in ``cache_dir``; see the module doc.
+
+    ``options`` are the backend's (``revision``, ``max_length``, ``compile`` ...).
+    """
+    from crossrank.backends.local.backend import CrossEncoderBackend
+    from crossrank.backends.local.onnx_export import cache_root, ensure_artifact
+    from crossrank.registry import ModelRegistry
+
+    root = cache_root(cache_dir)
+    common = {"device": "cpu", "cache_dir": root, "fidelity_sample": fidelity_sample, **options}
+    artifacts = []
+    for quantization in QUANTIZATIONS:
+        artifact = ensure_artifact(
+            model,
+            quantization=quantization,
+            cache_dir=root,
+            revision=options.get("revision"),
+            opset=options.get("opset", 17),
+            max_length=options.get("max_length"),
+            trust_remote_code=options.get("trust_remote_code", False),
+            local_files_only=options.get("local_files_only", False),
+        )
+        artifacts.append(artifact.path)
+    chooser = CrossEncoderBackend(model, precision="auto", registry=ModelRegistry(), **common)
+    chooser.load()
+    assert chooser.selection is not None
+    started = time.perf_counter()
+    server = CrossEncoderBackend(model, precision="auto", registry=ModelRegistry(), **common)
+    server.load()
+    warm_start_s = time.perf_counter() - started
+    record = server.selection.remembered_from if server.selection is not None else None
+    return OptimizeReport(model, root, artifacts, chooser.selection, record, warm_start_s)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="hub id or local path of a cross-encoder")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="cache folder to fill (default: $CROSSRANK_CACHE_DIR or ~/.cache/crossrank); "
+        "serve with cache_dir= pointing here",
+    )
+    parser.add_argument("--revision", default=None, help="pin a hub model (needed to remember)")
+    parser.add_argument("--max-length", type=int, default=None)
+    parser.add_argument("--label-index", type=int, default=None)
+    parser.add_argument(
+        "--fidelity-sample",
+        type=Path,
+        default=None,
+        help='JSON file [["query", ["text", ...]], ...] whose rankings a variant must keep '
+        "(default: the bundled demo)",
+    )
+    parser.add_argument("--no-compile", action="store_true", help="never compile torch int8")
+    parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--local-files-only", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from crossrank.backends.local.cpu import feature_key
+    from crossrank.errors import CrossrankError
+
+    sample = None
+    if args.fidelity_sample is not None:
+        sample = json.loads(Path(args.fidelity_sample).read_text(encoding="utf-8"))
+    try:
+        report = optimize(
+            args.model,
+            cache_dir=args.output,
+            fidelity_sample=sample,
+            revision=args.revision,
+            max_length=args.max_length,
+            label_index=args.label_index,
+            compile=not args.no_compile,
+            trust_remote_code=args.trust_remote_code,
+            local_files_only=args.local_files_only,
+        )
+    except CrossrankError as exc:
+        print(f"crossrank optimize: {exc}")
+        return 1
+    print(f"CPU: {feature_key()}")
+    for path in report.artifacts:
+        print(f"artifact: {path}")
+    print(report.selection.describe())
+    if report.record is None:
+        print(
+            "not remembered: a hub id needs --revision (or use a local path), so a serving "
+            "process would measure again"
+        )
+    else:
+        print(f"choice recorded: {report.record}")
+    print(f"start from these files (this process, fresh registry): {report.warm_start_s:.2f} s")
+    print(
+        f"serve with: CrossEncoderBackend({args.model!r}, precision='auto', "
+        f"cache_dir={str(report.cache_dir)!r})"
+    )
+    return 0
