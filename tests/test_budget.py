@@ -63,7 +63,9 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
 def _candidates(count: int) -> list[Candidate]:
     # Later candidates match the query better, so a full rerank reverses the order.
     return [
-        Candidate(f"doc {index} " + "refund " * (index % 5), id=f"d{index}", first_stage_score=-index)
+        Candidate(
+            f"doc {index} " + "refund " * (index % 5), id=f"d{index}", first_stage_score=-index
+        )
         for index in range(count)
     ]
 

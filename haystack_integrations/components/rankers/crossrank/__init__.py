@@ -7,5 +7,6 @@ registers the component. The implementation lives in :mod:`crossrank.integration
 """
 
 from crossrank.integrations.haystack import CrossrankRanker
+from crossrank.integrations.haystack_context import CrossrankContextBuilder
 
-__all__ = ["CrossrankRanker"]
+__all__ = ["CrossrankContextBuilder", "CrossrankRanker"]
