@@ -172,9 +172,10 @@ class LlmBackend(HttpRerankBackend):
     ``window`` passages per request, moving ``step`` places towards the top, ``passes`` times
     at most (one pass makes the top ``window - step`` exact; more sort the rest, and a pass
     that changes nothing ends them); each passage cut to ``passage_tokens`` approximate
-    tokens. ``temperature`` is sent when not ``None`` (0 by default, for a repeatable order;
-    set ``None`` for models that accept only their default). ``extra_body`` adds fields to
-    every request (``max_tokens``, ``seed``, a vLLM ``guided_regex``...).
+    tokens. ``llm_temperature`` goes out as the request's ``temperature`` when not ``None`` (0
+    by default, for a repeatable order; ``None`` for models that accept only their default).
+    (``temperature`` is the engine's softmax option.) ``extra_body`` adds fields to every
+    request (``max_tokens``, ``seed``, a vLLM ``guided_regex``...).
 
     Windows of one call run one after the other (each starts from the order the previous left);
     concurrent calls share the policy's ``max_connections`` bound. ``stats_callback`` gets
@@ -195,7 +196,7 @@ class LlmBackend(HttpRerankBackend):
         step: int = DEFAULT_STEP,
         passes: int = DEFAULT_PASSES,
         passage_tokens: int = DEFAULT_PASSAGE_TOKENS,
-        temperature: float | None = 0.0,
+        llm_temperature: float | None = 0.0,
         max_tokens_per_doc: int | None = None,
         extra_body: Mapping[str, Any] | None = None,
         stats_callback: Callable[[ListwiseStats], None] | None = None,
@@ -211,15 +212,15 @@ class LlmBackend(HttpRerankBackend):
         self.options = ListwiseOptions(
             window=window, step=step, passes=passes, passage_tokens=passage_tokens
         )
-        if temperature is not None and (
-            isinstance(temperature, bool)
-            or not isinstance(temperature, (int, float))
-            or not 0.0 <= float(temperature) <= 2.0
+        if llm_temperature is not None and (
+            isinstance(llm_temperature, bool)
+            or not isinstance(llm_temperature, (int, float))
+            or not 0.0 <= float(llm_temperature) <= 2.0
         ):
             raise ConfigurationError(
-                f"temperature must be a number in [0, 2] or None, got {temperature!r}"
+                f"llm_temperature must be a number in [0, 2] or None, got {llm_temperature!r}"
             )
-        self.temperature = None if temperature is None else float(temperature)
+        self.llm_temperature = None if llm_temperature is None else float(llm_temperature)
         if stats_callback is not None and not callable(stats_callback):
             raise ConfigurationError(
                 f"stats_callback must be callable, got {type(stats_callback).__name__}"
@@ -245,7 +246,7 @@ class LlmBackend(HttpRerankBackend):
             step=self.options.step,
             passes=self.options.passes,
             passage_tokens=self.options.passage_tokens,
-            temperature=self.temperature,
+            llm_temperature=self.llm_temperature,
         )
         return config
 
@@ -266,8 +267,8 @@ class LlmBackend(HttpRerankBackend):
                 token_spans=approximate_token_spans,
             ),
         }
-        if self.temperature is not None:
-            body["temperature"] = self.temperature
+        if self.llm_temperature is not None:
+            body["temperature"] = self.llm_temperature
         return {**body, **self.extra_body}
 
     def _parsed(self, payload: Any, count: int) -> Any:

@@ -72,15 +72,19 @@ class Fault:
     retry_after: str | None = None
     delay: float = 0.0
     content: str = ""
+    #: Put the request's Authorization header into the error body (a leaky proxy).
+    echo_authorization: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass
 class RecordedRequest:
+    """One request, recorded on arrival; ``answer`` and ``garbage`` are filled in once sent."""
+
     path: str
     headers: dict[str, str]
     body: Any
-    answer: str | None
-    garbage: bool
+    answer: str | None = None
+    garbage: bool = False
 
 
 @dataclass
@@ -135,7 +139,16 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
+    def _leave(self) -> None:
+        """Stop counting this request as in flight: before its answer goes out, so a client
+        that sends its next request on reading this answer is never counted twice."""
+        if getattr(self, "_counted", False):
+            self._counted = False
+            with self.server.state.lock:
+                self.server.state.in_flight -= 1
+
     def _send(self, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> None:
+        self._leave()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -159,21 +172,18 @@ class _Handler(BaseHTTPRequestHandler):
             body: Any = json.loads(raw) if raw else None
         except ValueError:
             body = None
+        record = RecordedRequest(self.path, dict(self.headers.items()), body)
         with state.lock:
+            state.requests.append(record)
             state.in_flight += 1
             state.max_in_flight = max(state.max_in_flight, state.in_flight)
-        answer: str | None = None
-        garbage = False
+        self._counted = True
         try:
-            answer, garbage = self._handle(state, body)
+            record.answer, record.garbage = self._handle(state, body)
         except (BrokenPipeError, ConnectionResetError):
             pass
         finally:
-            with state.lock:
-                state.in_flight -= 1
-                state.requests.append(
-                    RecordedRequest(self.path, dict(self.headers.items()), body, answer, garbage)
-                )
+            self._leave()
 
     def _handle(self, state: _State, body: Any) -> tuple[str | None, bool]:
         if self.path != CHAT_PATH:
@@ -198,7 +208,10 @@ class _Handler(BaseHTTPRequestHandler):
             garbage_answer = state.random.choice(GARBAGE_ANSWERS) if draw_garbage else None
         if fault is not None and fault.kind == "status":
             headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
-            self._error(fault.status, f"error {fault.status}", headers)
+            message = f"error {fault.status}"
+            if fault.echo_authorization:
+                message += f" (request had Authorization: {self.headers.get('Authorization')})"
+            self._error(fault.status, message, headers)
             return None, False
         if fault is not None and fault.kind == "disconnect":
             self.close_connection = True
