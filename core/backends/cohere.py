@@ -28,10 +28,11 @@ from crossrank.backends.http import (
     failure_from_status,
     failure_from_transport,
     redact,
+    require,
     shared_ssl_context,
 )
 from crossrank.backends.providers import COHERE, cohere_request
-from crossrank.errors import BackendResponseError, missing_dependency
+from crossrank.errors import BackendResponseError
 
 DEFAULT_COHERE_MODEL = COHERE.default_model
 DEFAULT_COHERE_BASE_URL = COHERE.base_url
@@ -41,28 +42,16 @@ COHERE_KEY_ENV = COHERE.key_env
 
 
 def _import_cohere() -> Any:
-    try:
-        import cohere
-    except ImportError as exc:
-        raise missing_dependency("cohere", "cohere") from exc
-    return cohere
+    return require("cohere", package="cohere", extra="cohere")
 
 
 def _import_sdk_errors() -> Any:
     """``cohere.core``, where the SDK keeps ``ApiError`` and ``ParsingError``."""
-    try:
-        import cohere.core
-    except ImportError as exc:
-        raise missing_dependency("cohere", "cohere") from exc
-    return cohere.core
+    return require("cohere.core", package="cohere", extra="cohere")
 
 
 def _import_httpx() -> Any:
-    try:
-        import httpx
-    except ImportError as exc:
-        raise missing_dependency("httpx", "cohere") from exc
-    return httpx
+    return require("httpx", package="httpx", extra="cohere")
 
 
 class CohereBackend(RemoteRerankBackend[Any]):

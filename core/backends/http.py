@@ -35,6 +35,7 @@ import contextlib
 import dataclasses
 import email.utils
 import functools
+import importlib
 import logging
 import math
 import random
@@ -53,6 +54,7 @@ from crossrank.errors import (
     BackendUnavailableError,
     ConfigurationError,
     InvalidInputError,
+    missing_dependency,
 )
 from crossrank.secrets import Secret, as_secret
 
@@ -245,6 +247,14 @@ def protect_logs(secret_value: str | None) -> None:
         target = logging.getLogger(name)
         if _REDACTING_FILTER not in target.filters:
             target.addFilter(_REDACTING_FILTER)
+
+
+def require(module: str, *, package: str, extra: str) -> Any:
+    """Import an optional dependency, or raise the error that names the extra to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise missing_dependency(package, extra) from exc
 
 
 @functools.lru_cache(maxsize=1)
@@ -817,13 +827,9 @@ class RemoteRerankBackend(BaseBackend, Generic[ClientT]):
     # -- scoring ------------------------------------------------------------------------------
 
     def score(self, query: str, texts: Sequence[str]) -> list[float]:
-        documents = self._checked(query, texts)
-        if not documents:
-            return []
-        deadline = self._deadline()
-        batches = self._batches(documents)
-        if len(batches) == 1:
-            return self._score_batch(query, batches[0], deadline)
+        deadline, batches = self._plan(query, texts)
+        if len(batches) <= 1:
+            return self._score_batch(query, batches[0], deadline) if batches else []
         pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=min(self.policy.max_concurrency, len(batches)),
             thread_name_prefix=f"crossrank-{self.name}",
@@ -842,11 +848,9 @@ class RemoteRerankBackend(BaseBackend, Generic[ClientT]):
             pool.shutdown(wait=False, cancel_futures=True)
 
     async def ascore(self, query: str, texts: Sequence[str]) -> list[float]:
-        documents = self._checked(query, texts)
-        if not documents:
+        deadline, batches = self._plan(query, texts)
+        if not batches:
             return []
-        deadline = self._deadline()
-        batches = self._batches(documents)
         if len(batches) == 1:
             return await self._ascore_batch(query, batches[0], deadline)
         gate = asyncio.Semaphore(self.policy.max_concurrency)
@@ -889,9 +893,12 @@ class RemoteRerankBackend(BaseBackend, Generic[ClientT]):
             _refuse_unencodable(text, f"{self.name} cannot send text #{position}")
         return documents
 
-    def _batches(self, documents: list[str]) -> list[list[str]]:
+    def _plan(self, query: str, texts: Sequence[str]) -> tuple[float | None, list[list[str]]]:
+        """When this call must end (``None``: no deadline), and its batches in input order."""
+        documents = self._checked(query, texts)
         size = self.max_documents_per_request
-        return [documents[start : start + size] for start in range(0, len(documents), size)]
+        batches = [documents[start : start + size] for start in range(0, len(documents), size)]
+        return self._deadline(), batches
 
     def _deadline(self) -> float | None:
         seconds = self.policy.deadline_s
@@ -1099,5 +1106,7 @@ __all__ = [
     "protect_logs",
     "public_url",
     "redact",
+    "require",
     "scores_in_input_order",
+    "shared_ssl_context",
 ]

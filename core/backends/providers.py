@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from crossrank.backends.http import (
     AnswerShape,
@@ -27,15 +29,43 @@ from crossrank.backends.http import (
     error_text,
     failure_from_status,
     failure_from_transport,
+    require,
     shared_ssl_context,
 )
-from crossrank.errors import BackendResponseError, missing_dependency
+from crossrank.errors import BackendResponseError
 
 # -- request bodies ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class JsonBody:
+    """A request body described by its field names, for the providers whose body is only
+    renamed fields and constants: ``documents`` is the name of the document list, ``count``
+    (if any) the field asking for every result back, ``constants`` fixed fields.
+
+    ``model`` is sent when the provider takes one; where it is optional (self-hosted
+    servers serving one model) it is left out unless given.
+    """
+
+    documents: str = "documents"
+    count: str | None = None
+    model: Literal["required", "optional", "none"] = "required"
+    constants: Mapping[str, Any] = field(default_factory=dict)
+
+    def __call__(self, request: RerankRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {}
+        if self.model == "required" or (self.model == "optional" and request.model is not None):
+            body["model"] = request.model
+        body["query"] = request.query
+        body[self.documents] = request.documents
+        if self.count is not None:
+            body[self.count] = len(request.documents)
+        return {**body, **self.constants}
+
+
 def cohere_request(request: RerankRequest) -> dict[str, Any]:
-    """Cohere v2: every document scored when ``top_n`` is left out."""
+    """Cohere v2: every document scored when ``top_n`` is left out; the per-document token
+    limit is Cohere's own option, so it is sent too."""
     body: dict[str, Any] = {
         "model": request.model,
         "query": request.query,
@@ -44,66 +74,6 @@ def cohere_request(request: RerankRequest) -> dict[str, Any]:
     if request.max_tokens_per_doc is not None:
         body["max_tokens_per_doc"] = request.max_tokens_per_doc
     return body
-
-
-def cohere_compatible_request(request: RerankRequest) -> dict[str, Any]:
-    """The subset of Cohere's format that vLLM, Infinity, OVMS and LiteLLM all accept.
-
-    ``top_n`` is explicit (vLLM and OVMS treat a missing one differently) and ``model`` is
-    left out when not given (a single-model server picks its own).
-    """
-    body: dict[str, Any] = {
-        "query": request.query,
-        "documents": request.documents,
-        "top_n": len(request.documents),
-    }
-    if request.model is not None:
-        body["model"] = request.model
-    return body
-
-
-def jina_request(request: RerankRequest) -> dict[str, Any]:
-    """Jina: every score is needed, and echoing the texts back is wasted bytes."""
-    return {
-        "model": request.model,
-        "query": request.query,
-        "documents": request.documents,
-        "top_n": len(request.documents),
-        "return_documents": False,
-    }
-
-
-def tei_request(request: RerankRequest) -> dict[str, Any]:
-    """TEI ``/rerank``: scores through the model's activation (``raw_scores`` off), and
-    documents longer than the model reads are truncated rather than refused with 413 (set
-    ``max_tokens_per_doc`` to have the engine window them instead)."""
-    return {
-        "query": request.query,
-        "texts": request.documents,
-        "raw_scores": False,
-        "truncate": True,
-    }
-
-
-def voyage_request(request: RerankRequest) -> dict[str, Any]:
-    """Voyage: ``top_k`` left out returns every document."""
-    return {
-        "model": request.model,
-        "query": request.query,
-        "documents": request.documents,
-        "return_documents": False,
-    }
-
-
-def mixedbread_request(request: RerankRequest) -> dict[str, Any]:
-    """Mixedbread names the documents ``input`` and the result count ``top_k``."""
-    return {
-        "model": request.model,
-        "query": request.query,
-        "input": request.documents,
-        "top_k": len(request.documents),
-        "return_input": False,
-    }
 
 
 # -- the providers ----------------------------------------------------------------------------
@@ -125,7 +95,9 @@ COHERE_COMPATIBLE = ProviderSpec(
     base_url=None,  # the server's address with its path prefix, e.g. http://host:8000/v1
     path="/rerank",
     key_env=(),  # self-hosted servers usually need none; pass api_key= when one does
-    build_request=cohere_compatible_request,
+    # The subset of Cohere's format that vLLM, Infinity, OVMS and LiteLLM all accept, with
+    # top_n explicit (vLLM and OVMS read a missing one differently).
+    build_request=JsonBody(count="top_n", model="optional"),
     max_documents_per_request=1000,
 )
 
@@ -135,7 +107,8 @@ JINA = ProviderSpec(
     base_url="https://api.jina.ai/v1",
     path="/rerank",
     key_env=("JINA_API_KEY",),
-    build_request=jina_request,
+    # Every score is needed, and echoing the texts back is wasted bytes.
+    build_request=JsonBody(count="top_n", constants={"return_documents": False}),
     # No documented cap; 1,000 keeps bodies and latency where Cohere's cap keeps them.
     max_documents_per_request=1000,
     default_model="jina-reranker-v2-base-multilingual",
@@ -148,7 +121,11 @@ TEI = ProviderSpec(
     base_url=None,
     path="/rerank",
     key_env=(),  # TEI checks a key only when started with --api-key
-    build_request=tei_request,
+    # Scores through the model's activation (raw_scores off); documents longer than the model
+    # reads are truncated rather than refused with 413 (set max_tokens_per_doc to window them).
+    build_request=JsonBody(
+        documents="texts", model="none", constants={"raw_scores": False, "truncate": True}
+    ),
     answer=AnswerShape(results_field=None, score_field="score"),
     max_documents_per_request=32,  # TEI's default --max-client-batch-size
     error_fields=("error", "message"),
@@ -160,7 +137,7 @@ VOYAGE = ProviderSpec(
     base_url="https://api.voyageai.com/v1",
     path="/rerank",
     key_env=("VOYAGE_API_KEY",),
-    build_request=voyage_request,
+    build_request=JsonBody(constants={"return_documents": False}),  # no top_k: all back
     answer=AnswerShape(results_field="data"),
     max_documents_per_request=1000,  # Voyage's documented per-request maximum
     default_model="rerank-2.5",
@@ -173,7 +150,7 @@ MIXEDBREAD = ProviderSpec(
     base_url="https://api.mixedbread.com/v1",
     path="/reranking",
     key_env=("MXBAI_API_KEY",),
-    build_request=mixedbread_request,
+    build_request=JsonBody(documents="input", count="top_k", constants={"return_input": False}),
     answer=AnswerShape(results_field="data", score_field="score"),
     max_documents_per_request=1000,  # no documented cap; the same prudent bound
     default_model="mixedbread-ai/mxbai-rerank-large-v2",
@@ -184,11 +161,7 @@ MIXEDBREAD = ProviderSpec(
 
 
 def _import_httpx() -> Any:
-    try:
-        import httpx
-    except ImportError as exc:
-        raise missing_dependency("httpx", "http") from exc
-    return httpx
+    return require("httpx", package="httpx", extra="http")
 
 
 class HttpRerankBackend(RemoteRerankBackend[Any]):
@@ -334,6 +307,7 @@ __all__ = [
     "CohereCompatibleBackend",
     "HttpRerankBackend",
     "JinaBackend",
+    "JsonBody",
     "MixedbreadBackend",
     "TeiBackend",
     "VoyageBackend",
