@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from tests.support.backends import KeywordBackend
 
@@ -14,9 +16,11 @@ class SlowKeywordBackend(KeywordBackend):
 
     name = "slow-keyword"
 
-    def __init__(self, delay_s: float = 0.05) -> None:
+    def __init__(self, delay_s: float = 0.05, pid_dir: str | None = None) -> None:
         super().__init__()
         self.delay_s = delay_s
+        if pid_dir is not None:  # tells a test which process to kill
+            (Path(pid_dir) / str(os.getpid())).touch()
 
     def score(self, query: str, texts: Sequence[str]) -> list[float]:
         time.sleep(self.delay_s)

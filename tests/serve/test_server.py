@@ -60,10 +60,10 @@ def test_crossrank_cohere_backend_matches_in_process(
     tiny_server: BackgroundServer, tiny_config: dict[str, Any]
 ) -> None:
     pytest.importorskip("cohere")
-    from crossrank.backends.cohere import CohereBackend
+    from crossrank.backends import create_backend
 
     expected = _expected(tiny_config)
-    backend = CohereBackend("tiny", api_key="unused", base_url=tiny_server.url, max_retries=0)
+    backend = create_backend("cohere", model="tiny", api_key="unused", base_url=tiny_server.url)
     scores = backend.score(QUERY, DOCUMENTS)
     assert scores == pytest.approx([expected[index] for index in range(len(DOCUMENTS))], abs=1e-6)
     order = sorted(range(len(scores)), key=lambda index: -scores[index])
