@@ -47,8 +47,8 @@ class _Wrapper(BaseBackend):
     def __getnewargs__(self) -> tuple[Any, ...]:
         return (self.inner,)
 
-    @property
-    def name(self) -> str:
+    @property  # the wrapped backend's name, so results and logs name the real scorer
+    def name(self) -> str:  # type: ignore[override]
         return self.inner.name  # type: ignore[no-any-return]
 
     @property

@@ -1,15 +1,10 @@
 """The local cross-encoder backend: one model, several ways to run it, all returning raw logits.
 
-Variants (``precision=`` with ``runtime=``; see :mod:`crossrank.backends.local.variants`):
-
-- ``"fp32"`` (default), torch: equals ``CrossEncoder.predict`` within 1e-5;
-- ``"bf16"`` (CPUs with native bf16) / ``"fp16"`` (GPUs), torch;
-- ``runtime="onnx"``, fp32: ONNX Runtime on a fused graph exported once and cached on disk;
-- ``"int8"`` / ``"int8-mixed"``: ONNX Runtime with dynamic int8 quantization;
-- ``"int8"`` with ``runtime="torch"``: int8 matmuls with one activation scale per token,
-  compiled (:mod:`crossrank.backends.local.token_int8`), for CPUs with VNNI;
-- ``"auto"``: the fastest variant on this CPU whose ranking agrees with fp32 on a fidelity
-  sample (:mod:`crossrank.backends.local.auto`); the evidence is in :attr:`selection`.
+``precision="fp32"`` (default) equals ``CrossEncoder.predict`` within 1e-5; ``"bf16"``,
+``"fp16"``, ``"int8"``, ``"int8-mixed"`` with ``runtime="torch"`` or ``"onnx"`` trade a little
+precision for speed (:mod:`crossrank.backends.local.variants`); ``"auto"`` picks the fastest
+variant on this CPU whose ranking agrees with fp32 (:mod:`crossrank.backends.local.auto`)
+and keeps its evidence in :attr:`CrossEncoderBackend.selection`.
 
 The backend pickles and deep-copies: the loaded model is not copied but shared through the
 registry and reloaded lazily by the copy; locks and worker threads are made anew.
@@ -25,7 +20,6 @@ from typing import Any
 from crossrank.backends._torch import resolve_device
 from crossrank.backends.base import BaseBackend
 from crossrank.backends.local.fidelity import FidelityGate, Selection
-from crossrank.backends.local.loading import input_limit
 from crossrank.backends.local.options import (
     DEFAULT_CROSS_ENCODER,
     AutoSettings,
@@ -42,11 +36,10 @@ from crossrank.backends.local.variants import (
     parse_variant,
     variant_from_label,
 )
+from crossrank.backends.local.windowing import PairWindowing
 from crossrank.errors import ConfigurationError
 from crossrank.registry import ModelRegistry, default_registry
 
-# [CLS] query [SEP] text [SEP]: three special tokens around a pair for BERT-style models.
-_PAIR_SPECIAL_TOKENS = 3
 #: What a copy or pickle carries; everything else is loaded or rebuilt on demand.
 _CONFIG_STATE = (
     "source",
@@ -62,7 +55,7 @@ _CONFIG_STATE = (
 )
 
 
-class CrossEncoderBackend(BaseBackend):
+class CrossEncoderBackend(PairWindowing, BaseBackend):
     """Scores (query, text) pairs with a local cross-encoder; returns raw logits."""
 
     name = "cross-encoder"
@@ -260,35 +253,6 @@ class CrossEncoderBackend(BaseBackend):
         self.load()
         assert self._loaded is not None
         return self._loaded.tokenizer
-
-    @property
-    def model_max_length(self) -> int:
-        if self.source.max_length:
-            return int(self.source.max_length)
-        return input_limit(self.tokenizer, None)
-
-    # -- windowing capability -------------------------------------------------------------------
-
-    def token_spans(self, text: str) -> list[tuple[int, int]]:
-        # A passage longer than the model input is what windowing is for: verbose=False keeps
-        # transformers from warning that running it whole "will result in indexing errors".
-        encoded = self.tokenizer(
-            text, add_special_tokens=False, return_offsets_mapping=True, verbose=False
-        )
-        return [tuple(span) for span in encoded["offset_mapping"]]  # type: ignore[misc]
-
-    def window_token_budget(self, query: str) -> int | None:
-        """Tokens of passage that fit beside ``query``; at least half the model's input.
-
-        Without the floor, a query as long as the input would cut passages into windows of
-        one token each: hundreds of pairs per passage, each read beside a clipped query.
-        With it, a long query is the side the tokenizer trims (``longest_first``).
-        """
-        room = self.model_max_length - _PAIR_SPECIAL_TOKENS
-        query_tokens = len(
-            self.tokenizer(query, add_special_tokens=False, verbose=False)["input_ids"]
-        )
-        return max(room - query_tokens, room // 2)
 
     # -- scoring --------------------------------------------------------------------------------
 
