@@ -58,9 +58,7 @@ class _Service:
             max_in_flight=settings.max_in_flight, max_queue=settings.max_queue
         )
         self.auth = BearerAuth(settings.api_keys)
-        self.metrics = ServeMetrics(
-            micro_batcher=lambda: getattr(reranker.backend, "_batcher", None)
-        )
+        self.metrics = ServeMetrics(micro_batcher=lambda: _micro_batcher_of(reranker.backend))
         self.ready = False
         self.warmup_error: str | None = None
         self.model_name = (
@@ -87,6 +85,18 @@ class _Service:
             self.metrics.ready.set(1)
             logger.info("crossrank serve: warm, serving %s", self.model_name)
             return
+
+
+def _micro_batcher_of(backend: Any) -> Any:
+    """The backend's running micro-batcher, wherever this version of crossrank keeps it."""
+    found = getattr(backend, "micro_batcher", None)
+    if found is not None:
+        return found
+    try:
+        from crossrank.backends.wrappers import find_micro_batcher
+    except ImportError:
+        return getattr(backend, "_batcher", None)
+    return find_micro_batcher(backend)
 
 
 def create_app(

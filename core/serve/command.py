@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 
 from crossrank.errors import CrossrankError
 from crossrank.serve.engine_options import add_engine_arguments, build_reranker, engine_config
@@ -82,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
     from crossrank.serve.app import create_app
     from crossrank.serve.server import run as run_server
 
+    # Uvicorn drains on SIGTERM / SIGINT, then raises the signal again for the handler it
+    # found: a quiet one makes a drained shutdown exit 0 instead of dying by the signal.
+    for received in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(received, lambda *_: None)
     run_server(
         create_app(reranker, settings),
         settings,

@@ -246,3 +246,43 @@ def test_fuzzed_bodies_get_4xx_never_5xx(keyword_server: BackgroundServer) -> No
         check()
     finally:
         client.close()
+
+
+def test_concurrent_requests_share_forward_passes(tiny_config: dict[str, Any]) -> None:
+    """With micro-batching on, concurrent requests meet in one forward pass, scores unchanged."""
+    import asyncio
+
+    options = dict(tiny_config["backend_options"], micro_batch=True, micro_batch_wait_s=0.1)
+    config = dict(tiny_config, backend_options=options)
+    queries = [f"{QUERY} {i}" for i in range(8)]
+    with serving(build_reranker(config), ServeSettings(max_in_flight=8)) as server:
+
+        async def fire() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+                return await asyncio.gather(
+                    *(
+                        client.post("/v2/rerank", json={"query": q, "documents": DOCUMENTS})
+                        for q in queries
+                    )
+                )
+
+        before = _counter(
+            httpx.get(f"{server.url}/metrics").text, "crossrank_microbatch_groups_total"
+        )
+        answers = asyncio.run(fire())
+        metrics = httpx.get(f"{server.url}/metrics").text
+    groups = _counter(metrics, "crossrank_microbatch_groups_total") - before
+    assert 1 <= groups < len(queries)
+    reference = build_reranker(tiny_config)
+    for query, answer in zip(queries, answers, strict=True):
+        expected = reference.rerank(query, DOCUMENTS)
+        got = answer.json()["results"]
+        assert [r["index"] for r in got] == [item.input_index for item in expected]
+        assert [r["relevance_score"] for r in got] == pytest.approx(expected.scores, abs=1e-6)
+
+
+def _counter(metrics: str, name: str) -> float:
+    for line in metrics.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
