@@ -233,7 +233,7 @@ def protect_logs(secret_value: str | None) -> None:
     echoes ``Authorization`` in a header would otherwise put the key into the application's
     log. Installed when a key is first put on the wire; harmless to call repeatedly.
     """
-    if not secret_value:
+    if not secret_value or secret_value in _KEYS_IN_USE:
         return
     with _KEYS_LOCK:
         _KEYS_IN_USE.add(secret_value)
@@ -923,9 +923,10 @@ class RemoteRerankBackend(BaseBackend, Generic[ClientT]):
         )
 
     def _parsed(self, payload: Any, count: int) -> list[float]:
-        return scores_in_input_order(
-            payload, count, self.name, shape=self.provider.answer, secrets=self._secrets
-        )
+        try:
+            return scores_in_input_order(payload, count, self.name, shape=self.provider.answer)
+        except BackendResponseError as exc:  # the key is looked up only when it may be quoted
+            raise BackendResponseError(redact(str(exc), self._secrets)) from None
 
     def _score_batch(
         self, query: str, documents: list[str], deadline: float | None
