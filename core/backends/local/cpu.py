@@ -5,11 +5,16 @@ its clock: int8 matmuls are fast with VNNI (or AMX), slow without (torch int8 ra
 ``predict`` on an AVX2-only EPYC, against 3x on an AVX-512 VNNI Xeon); bf16 needs
 ``avx512_bf16`` or AMX to beat fp32 at all. ``precision="auto"`` keys its remembered choice by
 :func:`feature_key`, so a choice made on one class of CPU is never reused on another.
+
+``CROSSRANK_CPU_FLAGS`` (space- or comma-separated) replaces the detected flags: to describe
+the CPU where the kernel hides them, or to try how auto behaves on another class of CPU
+(with ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` torch then runs as on AVX2 too).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import platform
 
 #: The flags that change which variant is fastest; others (sse, aes, ...) do not enter keys.
@@ -42,6 +47,9 @@ def parse_cpuinfo(text: str) -> frozenset[str]:
 @functools.lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
     """This CPU's flags; empty where the kernel does not list them (macOS, Windows)."""
+    override = os.environ.get("CROSSRANK_CPU_FLAGS")
+    if override is not None:
+        return frozenset(override.replace(",", " ").split())
     try:
         with open(_CPUINFO, encoding="utf-8") as handle:
             return parse_cpuinfo(handle.read())
