@@ -1,9 +1,10 @@
-"""Throughput and latency of the Cohere and Jina backends against a local rerank server.
+"""Throughput and latency of every API backend against a local rerank server.
 
 The server (tests/support/fake_rerank_server.py, run in its own process as a real API would
 be) speaks each provider's wire format on
 127.0.0.1, waits ``--latency`` seconds per request and answers a ``--rate-429`` share of
-requests with 429 + ``Retry-After``. Each provider reranks ``--queries`` queries of
+requests with 429 + ``Retry-After``. Each provider (Cohere through its SDK; Jina, TEI,
+Cohere-compatible, Voyage and Mixedbread through httpx) reranks ``--queries`` queries of
 ``--candidates`` candidates through :class:`crossrank.Reranker` twice: one blocking call after
 another (the baseline), then all at once with ``asyncio.gather`` behind a semaphore of
 ``--concurrency``. Every result is checked against the server's deterministic scoring: a lost,
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import statistics
 import subprocess
 import sys
 import time
@@ -34,9 +36,14 @@ if str(ROOT) not in sys.path:  # so tests.support imports when run as a script
 import httpx  # noqa: E402
 
 from crossrank import Reranker, RerankResult  # noqa: E402
-from crossrank.backends.cohere import CohereBackend  # noqa: E402
-from crossrank.backends.jina import JinaBackend  # noqa: E402
-from tests.support.fake_rerank_server import RESET_PATH, STATS_PATH, expected_scores  # noqa: E402
+from crossrank.backends import backend_class  # noqa: E402
+from tests.support.fake_rerank_server import (  # noqa: E402
+    PROVIDERS,
+    RESET_PATH,
+    STATS_PATH,
+    WIRES,
+    expected_scores,
+)
 
 API_KEY = "bench-key-not-secret"
 MIN_SPEEDUP = 5.0
@@ -92,7 +99,7 @@ class ServerProcess:
         self.url = url
 
     def base_url(self, provider: str) -> str:
-        return self.url if provider == "cohere" else f"{self.url}/v1"
+        return self.url + WIRES[provider].base_path
 
     def reset(self) -> None:
         httpx.post(f"{self.url}{RESET_PATH}").raise_for_status()
@@ -121,8 +128,7 @@ def server_process(args: argparse.Namespace, seed: int) -> Iterator[ServerProces
 
 
 def make_reranker(provider: str, server: ServerProcess, args: argparse.Namespace) -> Reranker:
-    backend_class = CohereBackend if provider == "cohere" else JinaBackend
-    backend = backend_class(
+    backend = backend_class(provider)(
         api_key=API_KEY,
         base_url=server.base_url(provider),
         http={
@@ -192,6 +198,49 @@ def run_async(
         return asyncio.run(main())
 
 
+def bound_overhead(
+    provider: str, args: argparse.Namespace, calls: int = 300
+) -> tuple[float, float]:
+    """Median microseconds of one blocking request, sent directly and through ``score``.
+
+    ``score`` runs each attempt on a worker thread so that ``timeout`` bounds the whole
+    exchange; the direct send is the same request and answer check without that bound (and
+    without the retry loop around it). A server with no latency and no 429s makes the
+    difference as visible as it can be.
+    """
+    quiet = argparse.Namespace(**{**vars(args), "latency": 0.0, "rate_429": 0.0})
+    texts = [f"passage {slot}" for slot in range(10)]
+    with server_process(quiet, seed=3) as server:
+        backend = make_reranker(provider, server, quiet).backend
+        raw_send, parse = backend._send, backend._parsed  # type: ignore[attr-defined]
+        timings: dict[str, list[float]] = {"direct": [], "bounded": []}
+        for _ in range(calls):
+            for name, request in (
+                ("direct", lambda: parse(raw_send("q", texts, 30.0), len(texts))),
+                ("bounded", lambda: backend.score("q", texts)),
+            ):
+                started = time.perf_counter()
+                request()
+                timings[name].append((time.perf_counter() - started) * 1e6)
+        backend.close()  # type: ignore[attr-defined]
+    return statistics.median(timings["direct"]), statistics.median(timings["bounded"])
+
+
+def cpu_summary() -> str:
+    """The CPU model and the SIMD flags that matter for comparing runs across machines."""
+    model, flags = "unknown", set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name.strip() == "model name" and model == "unknown":
+                model = value.strip()
+            elif name.strip() == "flags" and not flags:
+                flags = set(value.split())
+    shown = [flag for flag in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
+             if flag in flags]  # fmt: skip
+    return f"{model}; {', '.join(shown) or 'no AVX2'}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--queries", type=int, default=200)
@@ -201,17 +250,18 @@ def main() -> int:
     parser.add_argument("--retry-after", default="0.05", help="Retry-After sent with a 429")
     parser.add_argument("--backoff-base", type=float, default=0.05)
     parser.add_argument("--concurrency", type=int, default=16, help="async calls in flight")
-    parser.add_argument("--providers", nargs="+", default=["cohere", "jina"])
+    parser.add_argument("--providers", nargs="+", default=list(PROVIDERS), choices=PROVIDERS)
     args = parser.parse_args()
 
     workload = make_workload(args.queries, args.candidates)
+    print(f"CPU: {cpu_summary()}")
     print(
         f"{args.queries} queries x {args.candidates} candidates; server latency "
         f"{args.latency * 1000:.0f} ms/request, {args.rate_429:.0%} answered 429 "
         f"(Retry-After {args.retry_after}s); async concurrency {args.concurrency}\n"
     )
     header = (
-        f"{'provider':<8} {'mode':<10} {'wall s':>7} {'q/s':>7} {'p50 ms':>7} {'p95 ms':>7} "
+        f"{'provider':<17} {'mode':<10} {'wall s':>7} {'q/s':>7} {'p50 ms':>7} {'p95 ms':>7} "
         f"{'p99 ms':>7} {'requests':>8} {'lost':>5} {'misord':>6} {'x seq':>6}"
     )
     print(header)
@@ -223,7 +273,7 @@ def main() -> int:
         for run in (baseline, concurrent):
             ratio = run.throughput / baseline.throughput
             print(
-                f"{run.provider:<8} {run.mode:<10} {run.wall_s:>7.2f} {run.throughput:>7.1f} "
+                f"{run.provider:<17} {run.mode:<10} {run.wall_s:>7.2f} {run.throughput:>7.1f} "
                 f"{run.percentile(50):>7.1f} {run.percentile(95):>7.1f} "
                 f"{run.percentile(99):>7.1f} {run.requests:>8d} {run.lost:>5d} "
                 f"{run.misordered:>6d} {ratio:>6.2f}"
@@ -236,6 +286,12 @@ def main() -> int:
         if speedup < MIN_SPEEDUP:
             failures.append(f"{provider}: async is {speedup:.2f}x sequential, floor {MIN_SPEEDUP}x")
     print("\nrequests beyond one per query are 429s that were retried; latencies are per query.")
+    print("\nblocking request, 10 documents, server without latency (median of 300):")
+    print(f"{'provider':<17} {'direct us':>10} {'score us':>10} {'x direct':>9}")
+    for provider in args.providers:
+        direct_us, bounded_us = bound_overhead(provider, args)
+        ratio = bounded_us / direct_us
+        print(f"{provider:<17} {direct_us:>10.0f} {bounded_us:>10.0f} {ratio:>9.2f}")
     if failures:
         print("FLOORS MISSED:\n  " + "\n  ".join(failures))
         return 1
