@@ -309,7 +309,7 @@ async def _handle(
     state.metrics.observe_result(result.report, waited)
     state.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
     state.metrics.requests.labels(endpoint, "200").inc()
-    headers = {"X-Crossrank-Status": result.report.status}
+    headers: dict[str, str] = {"X-Crossrank-Status": result.report.status}
     if parsed.report and endpoint == "/rerank":
         # TEI's body is a bare list with no room for it, so the report travels as a header.
         headers["X-Crossrank-Report"] = json.dumps(

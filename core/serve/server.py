@@ -66,8 +66,6 @@ class BackgroundServer:
         self._server = uvicorn.Server(
             uvicorn_config(app, self.settings, host=self.host, port=self.port, log_level="warning")
         )
-        # Signal handlers belong to the main thread's server, not this one.
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self._thread = threading.Thread(
             target=self._server.run, name="crossrank-serve", daemon=True
         )
