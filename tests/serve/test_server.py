@@ -286,3 +286,24 @@ def _counter(metrics: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     return 0.0
+
+
+def test_opentelemetry_spans_per_stage() -> None:
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    trace.set_tracer_provider(TracerProvider())  # ignored (with a warning) if one is set
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        pytest.skip("a tracer provider of another kind is installed in this process")
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with serving(Reranker(KeywordBackend())) as server:
+        httpx.post(f"{server.url}/v2/rerank", json={"query": QUERY, "documents": DOCUMENTS})
+    names = {span.name for span in exporter.get_finished_spans()}
+    assert {"crossrank.rerank", "crossrank.validate", "crossrank.score"} <= names
+    parent = next(s for s in exporter.get_finished_spans() if s.name == "crossrank.rerank")
+    assert parent.attributes["crossrank.status"] == "reranked"
