@@ -16,16 +16,26 @@ Checks (exit status 1 if missed):
 * p99 of the last window is at most ``--p99-drift`` (default 1.5x) the first window's, for
   each path: a leak or an unbounded cache shows up as rising tail latency.
 
+With ``--api`` the two paths are API backends against the local rerank server in its own
+process (tests/support/fake_rerank_server.py): Jina through ``asyncio.run(arerank(...))``
+once per call, a fresh event loop every time as scripts and some frameworks do, and Cohere
+(the real SDK) blocking. Open file descriptors are then sampled per window too, and must
+not grow by more than ``--fd-growth``: a client left behind by a closed loop keeps a socket.
+
     python benchmarks/soak.py                 # 20,000 calls
     python benchmarks/soak.py --calls 4000    # quicker look
+    python benchmarks/soak.py --api --calls 4000 --window 400 --warmup 400
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import atexit
 import gc
 import os
 import random
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -128,6 +138,40 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     return ordered[index]
 
 
+def open_fds() -> int:
+    """Open file descriptors of this process (0 where /proc is not available)."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 0
+
+
+def build_api_paths() -> list[tuple[str, Callable[[Shape], int]]]:
+    from crossrank.backends.cohere import CohereBackend
+    from crossrank.backends.jina import JinaBackend
+
+    key = "soak-key-not-secret"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.fake_rerank_server", "--api-key", key],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    atexit.register(server.wait, 30)
+    atexit.register(server.stdin.close)  # type: ignore[union-attr]
+    url = server.stdout.readline().strip()  # type: ignore[union-attr]
+    jina = Reranker(JinaBackend(api_key=key, base_url=f"{url}/v1"), top_n=10, strict=True)
+    cohere = Reranker(CohereBackend(api_key=key, base_url=url), top_n=10, strict=True)
+
+    def fresh_loop_call(shape: Shape) -> int:
+        query, rows = make_inputs(shape)
+        return len(asyncio.run(jina.arerank(query, [row[0] for row in rows])))
+
+    def blocking_call(shape: Shape) -> int:
+        query, rows = make_inputs(shape)
+        return len(cohere.rerank(query, [row[0] for row in rows]))
+
+    return [("jina asyncio.run", fresh_loop_call), ("cohere sync", blocking_call)]
+
+
 def build_paths() -> list[tuple[str, Callable[[Shape], int]]]:
     engine = Reranker(QuietKeywordBackend(), top_n=10)
 
@@ -173,9 +217,11 @@ def main() -> int:
     parser.add_argument("--rss-growth", type=float, default=0.05)
     parser.add_argument("--p99-drift", type=float, default=1.5)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--api", action="store_true", help="API backends over local HTTP")
+    parser.add_argument("--fd-growth", type=int, default=8, help="with --api: fds allowed")
     args = parser.parse_args()
 
-    paths = build_paths()
+    paths = build_api_paths() if args.api else build_paths()
     if args.window % len(paths) or args.warmup % args.window:
         parser.error(f"--window must be a multiple of {len(paths)} and divide --warmup")
     # Each window replays the same shapes on every path, so windows compare like with like.
@@ -183,6 +229,7 @@ def main() -> int:
     latencies: dict[str, list[float]] = {name: [] for name, _ in paths}
     windows: list[dict[str, Any]] = []
     rss_after_warmup: int | None = None
+    fds_after_warmup = 0
     started = time.perf_counter()
     for call in range(args.calls):
         name, run = paths[call % len(paths)]
@@ -195,10 +242,11 @@ def main() -> int:
         if done == args.warmup:
             gc.collect()
             rss_after_warmup = rss_bytes()
+            fds_after_warmup = open_fds()
             latencies = {key: [] for key in latencies}
         elif done > args.warmup and (done - args.warmup) % args.window == 0:
             gc.collect()
-            row: dict[str, Any] = {"calls": done, "rss": rss_bytes()}
+            row: dict[str, Any] = {"calls": done, "rss": rss_bytes(), "fds": open_fds()}
             for key, values in latencies.items():
                 row[f"{key} p50"] = percentile(values, 0.50) * 1000
                 row[f"{key} p99"] = percentile(values, 0.99) * 1000
@@ -211,7 +259,7 @@ def main() -> int:
 
     names = [name for name, _ in paths]
     first = windows[0]
-    header = f"{'calls':>7} {'RSS MiB':>8} {'vs warm':>8}"
+    header = f"{'calls':>7} {'RSS MiB':>8} {'vs warm':>8} {'fds':>5}"
     for name in names:
         header += f" | {name + ' p50 ms':>16} {name + ' p99 ms':>16} {'p99 vs first':>12}"
     print(
@@ -224,6 +272,7 @@ def main() -> int:
     for row in windows:
         line = (
             f"{row['calls']:>7} {row['rss'] / 2**20:>8.1f} {row['rss'] / rss_after_warmup:>7.3f}x"
+            f" {row['fds']:>5}"
         )
         for name in names:
             line += (
@@ -237,11 +286,15 @@ def main() -> int:
     failures = []
     if growth >= args.rss_growth:
         failures.append(f"RSS grew {growth:.1%} (limit {args.rss_growth:.0%})")
+    fd_growth = windows[-1]["fds"] - fds_after_warmup
+    if args.api and fd_growth > args.fd_growth:
+        failures.append(f"open fds grew by {fd_growth} (limit {args.fd_growth})")
     for name, drift in drifts.items():
         if drift > args.p99_drift:
             failures.append(f"{name} p99 drifted {drift:.2f}x (limit {args.p99_drift:.2f}x)")
     print()
     print(f"RSS growth after warm-up: {growth:+.2%} (limit {args.rss_growth:.0%})")
+    print(f"open fds after warm-up: {fds_after_warmup}, at the end: {windows[-1]['fds']}")
     for name, drift in drifts.items():
         print(f"{name} p99 last/first window: {drift:.2f}x (limit {args.p99_drift:.2f}x)")
     print("PASS" if not failures else "FAIL: " + "; ".join(failures))
