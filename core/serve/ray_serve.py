@@ -2,8 +2,8 @@
 
 Each replica builds its own ``Reranker`` from the config mapping when it starts (the
 builder below runs on the replica), so a model is loaded once per replica and never
-pickled. Replicas accept up to the app's admission capacity (``max_ongoing_requests``), so
-overload is still answered 429 by the app instead of piling up in Ray's queues.
+pickled. Replicas accept more than the app admits (``max_ongoing_requests``), so overload
+is still answered 429 by the app instead of piling up in Ray's queues.
 """
 
 from __future__ import annotations
@@ -65,7 +65,10 @@ def build_deployment(
     options: dict[str, Any] = {
         "name": APP_NAME,
         "ray_actor_options": {"num_cpus": num_cpus},
-        "max_ongoing_requests": settings.capacity,
+        # Twice the app's capacity reaches each replica, so the app itself answers the excess
+        # 429 with Retry-After; Ray's own queue in front is bounded too (it answers 503).
+        "max_ongoing_requests": 2 * settings.capacity,
+        "max_queued_requests": settings.capacity,
         "graceful_shutdown_timeout_s": settings.drain_timeout_s,
     }
     if autoscaling:
