@@ -212,3 +212,45 @@ def print_header(header: str) -> None:
     """A results table's header line and the rule under it."""
     print(header)
     print("-" * len(header))
+
+
+def cpu_line() -> str:
+    """The CPU's model name and the flags that decide which variant is fastest."""
+    from crossrank.backends.local.cpu import feature_key
+
+    name = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    name = line.partition(":")[2].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores; flags {feature_key()}"
+
+
+_FIRST_START = """
+import time
+started = time.perf_counter()
+from crossrank.backends.local import CrossEncoderBackend
+backend = CrossEncoderBackend(
+    {model!r}, precision="auto", device="cpu", cache_dir={cache_dir!r}, local_files_only=True
+)
+backend.score("how are vaccines tested", ["a passage about clinical trials"] * {pairs})
+print(time.perf_counter() - started, backend.variant.label)
+"""
+
+
+def first_start(model: str, cache_dir: str, *, pairs: int = 8) -> tuple[float, str]:
+    """Seconds a fresh process takes from ``import crossrank`` to scoring ``pairs`` pairs with
+    ``precision="auto"``, and the variant it runs."""
+    import subprocess
+    import sys
+
+    code = _FIRST_START.format(model=model, cache_dir=cache_dir, pairs=pairs)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=1800
+    )
+    seconds, label = done.stdout.strip().splitlines()[-1].split()
+    return float(seconds), label

@@ -10,6 +10,11 @@ each variant on the shared collections (BM25 top-30 reranked, subsampled queries
 its difference from fp32, scored with the reference cross-encoder that
 ``benchmarks/reference_reranker.py`` trains (``--ndcg-model`` to pick another).
 
+Then the first start of ``precision="auto"`` in a fresh process (import, load, 8 pairs):
+cold (an empty cache: auto exports, quantizes and times every candidate on this CPU) and
+after ``crossrank optimize`` (it only loads files). The CPU's flags head the output, since
+they decide which variant is fastest.
+
 Floors checked at the end:
 - issue 2: crossrank fp32 (the default) is not slower than plain predict (ratio >= 1.0);
 - issue 7: the fastest variant that passes the fidelity gate is >= 3x predict, and every
@@ -24,6 +29,7 @@ Run::
     python benchmarks/local_backend.py --repeats 5 --ndcg-queries 0   # speed only
     python benchmarks/local_backend.py --variants torch-fp32 onnx-int8
     python benchmarks/local_backend.py --ndcg-queries all     # nDCG over every judged query
+    python benchmarks/local_backend.py --no-first-start       # skip the fresh-process starts
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import math
 import random
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -196,6 +203,26 @@ def gate_on_model(
     }
 
 
+def first_start_section(path: str) -> None:
+    """precision='auto' in fresh processes: cold, then after ``crossrank optimize``."""
+    import subprocess
+
+    print("\nfirst start of precision='auto' (fresh process: import + load + 8 pairs):", flush=True)
+    cold, cold_label = workload.first_start(path, tempfile.mkdtemp(prefix="crossrank-cold-"))
+    print(f"  cold (empty cache)          {cold:7.1f} s  -> {cold_label}", flush=True)
+    optimized = tempfile.mkdtemp(prefix="crossrank-optimized-")
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "crossrank.cli", "optimize", path, "--output", optimized,
+         "--local-files-only"],
+        check=True, capture_output=True, timeout=1800,
+    )  # fmt: skip
+    built = time.perf_counter() - started
+    warm, warm_label = workload.first_start(path, optimized)
+    print(f"  crossrank optimize          {built:7.1f} s  (once per machine class)")
+    print(f"  after optimize              {warm:7.1f} s  -> {warm_label}")
+
+
 def _query_count(value: str) -> int | None:
     if value == "all":
         return None
@@ -226,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--cache-dir", default=None, help="ONNX cache (default: a temp dir)")
     parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument(
+        "--no-first-start", action="store_true", help="skip the fresh-process first starts"
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -235,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     path, description = workload.model_path()
     cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="crossrank-bench-onnx-")
+    print(f"CPU: {workload.cpu_line()}")
     print(f"model: {description} at {path}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {workload.load_line()}")
 
@@ -353,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
             for name in ndcg_backends:
                 worst = max(abs(t[name] - t["torch-fp32"]) for t in table.values())
                 print(f"  {name:16s} max |delta| {worst:.4f}")
+
+    if not args.no_first_start:
+        first_start_section(path)
 
     print("\nfloors:")
     by_name = {row.name: row for row in rows}

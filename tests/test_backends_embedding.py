@@ -49,3 +49,13 @@ def test_long_texts_are_windowed(backend: EmbeddingBackend) -> None:
     result = Reranker(backend).rerank(QUERY, [long_text, TEXTS[2]])
     assert result.report.windows_scored > 2
     assert result[0].text == long_text
+
+
+def test_backend_pickles_and_shares_the_loaded_model(backend: EmbeddingBackend) -> None:
+    import copy
+    import pickle
+
+    expected = backend.score(QUERY, TEXTS)
+    for restored in (pickle.loads(pickle.dumps(backend)), copy.deepcopy(backend)):
+        assert restored.load() is backend.load()
+        assert restored.score(QUERY, TEXTS) == expected
