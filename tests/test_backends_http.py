@@ -24,15 +24,14 @@ import pytest
 
 from crossrank import BackendResponseError, BackendUnavailableError, ConfigurationError, Reranker
 from crossrank.backends.cohere import CohereBackend
-from crossrank.backends.http import (
-    HttpPolicy,
-    RemoteRerankBackend,
+from crossrank.backends.http import HttpPolicy, RemoteRerankBackend
+from crossrank.backends.jina import JinaBackend
+from crossrank.backends.wire import (
     approximate_token_spans,
     parse_retry_after,
     redact,
     scores_in_input_order,
 )
-from crossrank.backends.jina import JinaBackend
 from crossrank.secrets import Secret
 from tests.support.fake_rerank_server import FakeRerankServer, Fault, expected_scores
 

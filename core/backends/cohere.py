@@ -20,10 +20,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from crossrank.backends.http import (
+from crossrank.backends.http import RemoteRerankBackend, _LoopSlot
+from crossrank.backends.providers import COHERE, cohere_request
+from crossrank.backends.wire import (
     AttemptFailed,
-    RemoteRerankBackend,
-    _LoopSlot,
     error_text,
     failure_from_status,
     failure_from_transport,
@@ -31,7 +31,6 @@ from crossrank.backends.http import (
     require,
     shared_ssl_context,
 )
-from crossrank.backends.providers import COHERE, cohere_request
 from crossrank.errors import BackendResponseError
 
 DEFAULT_COHERE_MODEL = COHERE.default_model

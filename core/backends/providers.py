@@ -19,13 +19,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from crossrank.backends.http import (
+from crossrank.backends.http import RemoteRerankBackend, _LoopSlot
+from crossrank.backends.wire import (
     AnswerShape,
     AttemptFailed,
     ProviderSpec,
-    RemoteRerankBackend,
     RerankRequest,
-    _LoopSlot,
     error_text,
     failure_from_status,
     failure_from_transport,

@@ -27,7 +27,7 @@ from crossrank import (
     CrossrankError,
     Reranker,
 )
-from crossrank.backends.http import parse_retry_after, scores_in_input_order
+from crossrank.backends.wire import parse_retry_after, scores_in_input_order
 from tests.support.fake_rerank_server import FakeRerankServer, Fault
 
 API_KEY = "crk-fuzz-5d1e0c9a77-NOT-A-REAL-KEY"
