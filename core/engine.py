@@ -75,6 +75,7 @@ class _Call:
     deadline: float | None = None
     deadline_hit: bool = False
     predicted_ms: float | None = None
+    windows_scored: int = 0
 
     def lap(self, stage: str, since: float) -> float:
         now = time.perf_counter()
@@ -358,9 +359,13 @@ class Reranker:
         return None
 
     def _plan_windows(self, call: _Call) -> None:
-        """Cut long texts into windows; this may load the model, so it runs under fallback."""
+        """Cut long texts into windows; this may load the model, so it runs under fallback.
+
+        Under a latency budget only the head that may fit is planned: tokenizing passages
+        that will keep their first-stage place would spend the budget on nothing.
+        """
         started = time.perf_counter()
-        texts = [candidate.text for candidate in call.kept]
+        texts = [candidate.text for candidate in call.kept[: self._budget_depth(call)]]
         if self.windowing and isinstance(self.backend, TokenWindowing):
             call.windows = plan_windows(call.query, texts, self.backend, stride=self.window_stride)
         else:
@@ -381,29 +386,35 @@ class Reranker:
 
     # -- scoring under a latency budget ------------------------------------------------------
 
+    def _budget_depth(self, call: _Call) -> int:
+        """How many first-stage candidates the budget may allow (all without one)."""
+        if call.budget_ms is None:
+            return len(call.kept)
+        call.deadline = call.started + call.budget_ms / 1000.0
+        model = cost_model_for(self.backend)
+        if not model.ready or getattr(self.backend, "returns_ranks", False):
+            return len(call.kept)  # nothing learned yet: plan all, score chunk by chunk
+        size = chunk_size_of(self.backend)
+        remaining_ms = (call.deadline - time.perf_counter()) * 1000.0
+        lengths = [len(call.query) + len(candidate.text) for candidate in call.kept]
+        depth = 0
+        for chunk in chunks(len(lengths), size):
+            planned = [sum(lengths[index] for index in part) for part in chunks(chunk.stop, size)]
+            predicted = model.predict(planned)
+            if predicted is None or predicted > remaining_ms:
+                break
+            depth, call.predicted_ms = chunk.stop, predicted
+        return depth
+
     def _chunks(self, call: _Call) -> list[range]:
-        """Window ranges to score in order: all at once, or the budget's head in chunks."""
+        """Window ranges to score in order: all at once, or in chunks under a budget."""
         count = len(call.windows.window_texts)
         if call.budget_ms is None:
             return [range(count)]
-        call.deadline = call.started + call.budget_ms / 1000.0
         # A listwise backend ranks what it is given together: its ranks split across calls
         # would not compare, so it gets one call for everything.
         listwise = getattr(self.backend, "returns_ranks", False)
-        chunk = count if listwise else chunk_size_of(self.backend)
-        planned = chunks(count, chunk)
-        model = cost_model_for(self.backend)
-        if not model.ready:
-            return planned  # nothing learned yet: score chunk by chunk, learning from each
-        remaining_ms = (call.deadline - time.perf_counter()) * 1000.0
-        head: list[range] = []
-        for candidate_chunk in planned:
-            predicted = model.predict([self._characters(call, r) for r in [*head, candidate_chunk]])
-            if predicted is None or predicted > remaining_ms:
-                break
-            head.append(candidate_chunk)
-            call.predicted_ms = predicted
-        return head
+        return chunks(count, count if listwise else chunk_size_of(self.backend))
 
     def _time_for(self, call: _Call, chunk: range) -> bool:
         """Whether ``chunk`` can still be scored before the deadline (always, without one)."""
@@ -446,11 +457,13 @@ class Reranker:
             window_scores.extend(_checked_scores(part, len(part), self.backend.name))
         _checked_scores(window_scores, scored_windows, self.backend.name)
         owners = call.windows.owners
+        planned = call.windows.candidate_count
         # A candidate counts as reranked only when every one of its windows was scored.
-        head = len(call.kept) if scored_windows == len(owners) else owners[scored_windows]
+        head = planned if scored_windows == len(owners) else owners[scored_windows]
         if head == 0:
             return self._first_stage_result(call, "skipped")
-        head_windows = len(owners) if head == len(call.kept) else owners.index(head)
+        head_windows = len(owners) if head == planned else owners.index(head)
+        call.windows_scored = head_windows
         plan = WindowPlan(call.windows.window_texts[:head_windows], owners[:head_windows], head)
         raw = aggregate(plan, window_scores[:head_windows], self.window_aggregation)
         if self.blend is not None:
@@ -552,8 +565,8 @@ class Reranker:
             backend=self.backend.name,
             model=self.backend.model_name,
             normalization=normalization or self.normalizer.name,
-            pairs_scored=len(call.kept) if scored else 0,
-            windows_scored=len(call.windows.window_texts) if scored else 0,
+            pairs_scored=reranked_count if scored else 0,
+            windows_scored=call.windows_scored if scored else 0,
             duplicates=call.duplicates,
             selective=call.decision,
             blend=self.blend.name if (self.blend is not None and scored) else None,
