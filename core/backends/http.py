@@ -602,15 +602,16 @@ class RemoteRerankBackend(BaseBackend, Generic[ClientT]):
         slot = await self._async_slot()
 
         async def attempt() -> Any:
-            budget, bound = self._budget(deadline)
-            if budget <= 0:
-                raise self._timed_out(bound)
-            try:
-                async with slot.gate:
-                    # The whole exchange of one attempt, bounded as one.
+            async with slot.gate:
+                # Measured after the wait at the gate, so queueing counts against the
+                # deadline but not against the exchange's own timeout.
+                budget, bound = self._budget(deadline)
+                if budget <= 0:
+                    raise self._timed_out(bound)
+                try:
                     return await asyncio.wait_for(self._asend(query, documents, slot), budget)
-            except asyncio.TimeoutError:
-                raise self._timed_out(bound) from None
+                except asyncio.TimeoutError:
+                    raise self._timed_out(bound) from None
 
         payload = await self._awith_retries(attempt, deadline)
         return self._parsed(payload, len(documents))

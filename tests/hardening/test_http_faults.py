@@ -107,6 +107,20 @@ async def test_deadline_covers_every_batch_of_a_call(
     assert time.monotonic() - started < 1.5
 
 
+async def test_waiting_for_a_connection_counts_against_the_deadline(
+    server: FakeRerankServer,
+) -> None:
+    # One connection, two batches: the second waits for the first (0.6 s), then has 0.3 s.
+    backend = make(server, "jina", deadline_s=0.9, max_connections=1, max_concurrency=2)
+    backend.max_documents_per_request = 2
+    server.fail_next(Fault("slow", delay=0.6), Fault("slow", delay=0.6))
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailableError, match=r"deadline_s=0\.9s"):
+        await backend.ascore("q", ["a", "b", "c", "d"])
+    assert time.monotonic() - started < 1.15
+    await backend.aclose()
+
+
 # -- 2. clients that belong to a loop are closed with it ------------------------------------------
 
 
