@@ -315,12 +315,21 @@ def main() -> None:
     parser.add_argument("--max-in-flight", type=int, default=8)
     parser.add_argument("--ray", action="store_true", help="also Ray Serve, 1 and 2 replicas")
     parser.add_argument("--skip-hop", action="store_true", help="skip the HTTP-hop row")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads here and in each server"
+    )
     args = parser.parse_args()
+    if args.threads is not None:  # pairs/s per core: --threads 1
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     print(cpu_line())
     config, label = engine_config(args)
     print(
-        f"engine: {label}; {args.candidates} candidates per request; {args.seconds:.0f}s per cell"
+        f"engine: {label}; {args.candidates} candidates per request; {args.seconds:.0f}s per "
+        f"cell; torch threads {args.threads or 'default'}"
     )
     load = workload(args.queries, args.candidates)
     reranker = Reranker.from_config(config)
