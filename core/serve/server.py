@@ -7,6 +7,7 @@ which closes the backend.
 
 from __future__ import annotations
 
+import math
 import socket
 import threading
 import time
@@ -24,7 +25,7 @@ def uvicorn_config(
         app,
         host=host,
         port=port,
-        timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
+        timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),
         # A backlog well past the admission capacity, so overload is answered 429 by the
         # app instead of connection errors from the kernel.
         backlog=max(2048, settings.capacity * 4),
