@@ -101,6 +101,30 @@ class FastOverlapBackend(BaseBackend):
 
 
 def workload(queries: int, candidates: int) -> list[tuple[str, list[str]]]:
+    """The demo knowledge base's queries against its passages (real support-text lengths).
+
+    Each request gets ``candidates`` passages, rotated per query so requests differ; the
+    synthetic word lists of the HTTP-hop row (``synthetic_workload``) stand in when the
+    demo data is missing.
+    """
+    try:
+        from crossrank.demo import load_knowledge_base
+    except ImportError:
+        return synthetic_workload(queries, candidates)
+    base = load_knowledge_base()
+    passages = list(base.passages.values())
+    load = []
+    for q in range(queries):
+        query = base.queries[q % len(base.queries)].text
+        start = (q * 5) % len(passages)
+        texts = [passages[(start + c) % len(passages)] for c in range(candidates)]
+        if candidates > len(passages):  # repeats must stay distinct texts for deduplication
+            texts = [f"{text} ({c // len(passages)})" for c, text in enumerate(texts)]
+        load.append((query, texts))
+    return load
+
+
+def synthetic_workload(queries: int, candidates: int) -> list[tuple[str, list[str]]]:
     """Deterministic queries of 4 words and candidates of 12-40 words."""
     pairs = []
     for q in range(queries):
@@ -355,7 +379,7 @@ def main() -> None:
     print_table(cells, baseline)
 
     if not args.skip_hop:
-        hop_load = workload(args.queries, 100)
+        hop_load = synthetic_workload(args.queries, 100)
         fast = {"backend": "serve_load:FastOverlapBackend"}
         fast_reranker = Reranker(FastOverlapBackend())
         hop_orders = expected_orders(fast_reranker, hop_load)
