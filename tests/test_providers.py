@@ -19,7 +19,7 @@ import pytest
 
 from crossrank import BackendResponseError, BackendUnavailableError, ConfigurationError, Reranker
 from crossrank.backends import backend_class, create_backend
-from crossrank.backends.http import RemoteRerankBackend
+from crossrank.backends.http import HttpPolicy, RemoteRerankBackend
 from crossrank.secrets import Secret
 from tests.support.fake_rerank_server import (
     PROVIDERS,
@@ -350,3 +350,23 @@ def test_keys_come_from_each_providers_variable(
         }
         asyncio.run(backend.ascore("q", ["a"]))
     assert [r.headers["Authorization"] for r in server.requests] == [f"Bearer {API_KEY}"] * 2
+
+
+def test_the_http_policy_and_an_env_key_round_trip_through_the_engine_config(
+    server: FakeRerankServer, provider: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CRK_PROVIDER_KEY", API_KEY)
+    policy = HttpPolicy(timeout=3, deadline_s=9, max_retries=2)
+    ranker = Reranker(
+        provider,
+        backend_options={
+            "base_url": server.base_url(provider),
+            "api_key": Secret.from_env_var("CRK_PROVIDER_KEY"),
+            "http": policy,
+        },
+    )
+    saved = json.dumps(ranker.to_config())
+    assert API_KEY not in saved
+    loaded = Reranker.from_config(json.loads(saved))
+    assert loaded.backend.policy == policy  # type: ignore[attr-defined]
+    assert loaded.rerank("q", texts(3)).report.status == "reranked"
