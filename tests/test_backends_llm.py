@@ -258,6 +258,7 @@ async def test_calls_and_tokens_per_query_are_reported(server: FakeChatServer, m
     assert stats.completion_tokens > 0
     assert stats.total_tokens == stats.prompt_tokens + stats.completion_tokens
     assert json.loads(json.dumps(stats.as_dict()))["llm_calls"] == 2
+    assert llm.call_stats() == stats.as_dict()
 
 
 async def test_stats_belong_to_the_task_that_made_the_call(server: FakeChatServer) -> None:
@@ -355,6 +356,7 @@ def test_the_key_is_never_shown(
     strict = reranker(server, strict=True, max_retries=0)
     seen = [repr(ranker), repr(ranker.backend), str(ranker.backend)]
     seen.append(json.dumps(ranker.backend.to_config()))  # type: ignore[attr-defined]
+    seen.append(json.dumps(ranker.to_config()))
     server.fail_next(
         Fault("status", status=500, echo_authorization=True),
         Fault("status", status=500, echo_authorization=True),

@@ -25,7 +25,7 @@ import contextvars
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from crossrank.backends.base import Ranking
 from crossrank.backends.http import (
@@ -184,6 +184,7 @@ class LlmBackend(HttpRerankBackend):
     """
 
     provider = CHAT_COMPLETIONS
+    secret_options: ClassVar[tuple[str, ...]] = ("api_key",)
 
     def __init__(
         self,
@@ -254,6 +255,12 @@ class LlmBackend(HttpRerankBackend):
     def last_call_stats(self) -> ListwiseStats | None:
         """The stats of the latest call made in this thread or asyncio task."""
         return self._last_stats.get()
+
+    def call_stats(self) -> dict[str, Any] | None:
+        """:attr:`last_call_stats` as a JSON-ready dict, for a caller (the engine) that reads
+        it right after ``score`` / ``ascore`` in the same thread or task."""
+        stats = self._last_stats.get()
+        return None if stats is None else stats.as_dict()
 
     # -- one request --------------------------------------------------------------------------
 
