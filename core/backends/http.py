@@ -297,9 +297,9 @@ class RemoteRerankBackend(BaseBackend, Generic[ClientT]):
     def _secret(self, api_key: Any) -> Secret | None:
         spec = self.provider
         try:
-            secret = as_secret(api_key, option=f"{self.name} api_key")
+            secret = as_secret(api_key, option="api_key")
         except ConfigurationError as exc:
-            raise ConfigurationError(f"{self.name} api_key: {exc}") from None
+            raise ConfigurationError(f"{self.name} api_key is unusable: {exc}") from None
         if secret is None and spec.key_env:
             secret = Secret.from_env_var(*spec.key_env, strict=True)
         if secret is not None:
