@@ -56,8 +56,8 @@ class FidelityVerdict:
             )
         verdict = "passes" if self.passed else "fails"
         lines.append(
-            f"mean |delta| {self.mean_abs_delta:.4f} (rule: <= {MAX_MEAN_ABS_DELTA}), no collection "
-            f"significant at p < {ALPHA}: {verdict}"
+            f"mean |delta| {self.mean_abs_delta:.4f} (rule: <= {MAX_MEAN_ABS_DELTA}), "
+            f"no collection significant at p < {ALPHA}: {verdict}"
         )
         return "\n".join(lines)
 
