@@ -139,7 +139,7 @@ def candidate(
 def first_finite_number(metadata: Mapping[str, Any], keys: Sequence[str]) -> float | None:
     """The first of ``keys`` in ``metadata`` holding a finite number (strings never count)."""
     for key in keys:
-        value = metadata.get(key)
+        value: Any = metadata.get(key)
         if is_real_number(value) and math.isfinite(value):
             return float(value)
     return None

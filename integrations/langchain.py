@@ -78,9 +78,11 @@ class CrossrankCompressor(BaseDocumentCompressor):
                 "first_stage_score_keys must be a sequence of metadata keys, got the string "
                 f"{first_stage_score_keys!r}"
             )
-        super().__init__(
-            config=_shared.saved_config(built), first_stage_score_keys=tuple(first_stage_score_keys)
-        )
+        fields: dict[str, Any] = {
+            "config": _shared.saved_config(built),
+            "first_stage_score_keys": tuple(first_stage_score_keys),
+        }
+        super().__init__(**fields)
         self._reranker = built
 
     @property

@@ -39,7 +39,8 @@ class CrossrankContextPostprocessor(BaseNodePostprocessor):
 
     def __init__(self, **options: Any) -> None:
         config = ContextConfig(**options.pop("context", {}), **options)
-        super().__init__(context=config.to_dict())
+        fields: dict[str, Any] = {"context": config.to_dict()}
+        super().__init__(**fields)
         self._config = config
 
     @classmethod
