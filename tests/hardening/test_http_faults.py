@@ -146,6 +146,19 @@ def test_fds_stay_flat_over_two_hundred_asyncio_runs(
     assert len(backend._async_clients) == 0  # each loop's client went with its loop
 
 
+def test_a_client_of_a_loop_closed_without_shutdown_is_dropped_at_the_next_call(
+    server: FakeRerankServer, provider: str
+) -> None:
+    backend = make(server, provider)
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(backend.ascore("q", ["a"]))
+    loop.close()  # no shutdown_asyncgens: the client is not closed by its loop
+    assert len(backend._async_clients) == 1
+    assert asyncio.run(backend.ascore("q", ["a"])) == expected_scores("q", ["a"])
+    assert len(backend._async_clients) == 0  # dropped, and the new loop's closed with it
+    backend.close()
+
+
 async def test_close_and_async_context_manager_release_the_loops_client(
     server: FakeRerankServer, provider: str
 ) -> None:
