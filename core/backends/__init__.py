@@ -26,6 +26,7 @@ BACKENDS: dict[str, str] = {
     "mixedbread": "crossrank.backends.providers:MixedbreadBackend",
     "late-interaction": "crossrank.backends.late_interaction:LateInteractionBackend",
     "llm": "crossrank.backends.llm:LlmBackend",
+    "onnx-lite": "crossrank.backends.onnx_lite:OnnxLiteBackend",
 }
 
 
