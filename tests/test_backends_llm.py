@@ -321,6 +321,20 @@ async def test_transient_faults_are_retried(
     assert len(server.requests) == len(faults) + 1
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_one_deadline_bounds_every_window_of_a_call(mode: str) -> None:
+    with FakeChatServer(api_key=API_KEY) as own:  # latency of its own
+        own.configure(latency=0.15)
+        llm = backend(own, http={"deadline_s": 0.4})
+        with pytest.raises(BackendUnavailableError, match=r"deadline_s=0\.4"):
+            if mode == "sync":
+                llm.score("q", texts(45))  # four windows, 0.15 s each
+            else:
+                await llm.ascore("q", texts(45))
+        assert 2 <= len(own.requests) <= 3
+        await llm.aclose()
+
+
 def test_a_wrong_key_is_final(server: FakeChatServer) -> None:
     with pytest.raises(BackendUnavailableError) as caught:
         backend(server, api_key="sk-wrong").score("q", texts(3))
