@@ -131,3 +131,11 @@ def test_provider_error_message_reaches_the_caller(server: FakeRerankServer) -> 
     backend = CohereBackend(**server.client_options("cohere"), **FAST, max_documents_per_request=5)
     with pytest.raises(BackendUnavailableError, match="HTTP 400: too many documents: 5 > 3"):
         backend.score("q", ["a", "b", "c", "d", "e"])
+
+
+def test_extra_body_reaches_the_wire_through_the_sdk(server: FakeRerankServer) -> None:
+    backend = CohereBackend(**server.client_options("cohere"), **FAST, extra_body={"priority": 3})
+    backend.score("q", ["a"])
+    (request,) = server.requests
+    assert request.body["priority"] == 3
+    assert backend.to_config()["extra_body"] == {"priority": 3}
