@@ -1,10 +1,11 @@
-"""Rerank APIs as data: one :class:`~crossrank.backends.http.ProviderSpec` per provider.
+"""Rerank APIs as data: one :class:`~crossrank.backends.wire.ProviderSpec` per provider.
 
 Every provider here is spoken over plain httpx by :class:`HttpRerankBackend`; what differs
 is a URL, the key's environment variables, the request body, where the scores sit in the
 answer, and the documents one request may carry. Cohere's own API goes through its SDK
-(:mod:`crossrank.backends.cohere`) but shares :data:`COHERE` with the "cohere-compatible"
-spec below, which speaks the same format to servers the SDK does not fit.
+(:mod:`crossrank.backends.cohere`), described by :data:`COHERE` here; the
+"cohere-compatible" spec speaks the common part of that format, without Cohere-only
+fields, to self-hosted servers the SDK does not fit.
 
 Adding a provider is one spec, one three-line class, a name in ``BACKENDS`` and a
 wire-format test (see ``tests/test_providers.py``). Wire formats were checked against each
