@@ -204,3 +204,23 @@ def test_reranker_around_a_local_backend_pickles(tiny_cross_encoder_path: Path) 
     expected = reranker.rerank(QUERY, PASSAGES[:3])
     for restored in (pickle.loads(pickle.dumps(reranker)), copy.deepcopy(reranker)):
         assert restored.rerank(QUERY, PASSAGES[:3]).scores == expected.scores
+
+
+def test_auto_options_round_trip_through_a_saved_config() -> None:
+    import json
+
+    from crossrank.backends.local.fidelity import FidelityGate
+
+    options = {
+        "precision": "auto",
+        "fidelity_gate": FidelityGate(min_kendall_tau=0.9, top_k=5),
+        "fidelity_sample": [("capital of france", ["paris", "berlin"])],
+        "score_cache_size": 64,
+    }
+    reranker = Reranker("cross-encoder", model="m", backend_options=options)
+    saved = json.loads(json.dumps(reranker.to_config()))
+    restored = Reranker.from_config(saved)
+    backend = restored.backend
+    assert isinstance(backend, CrossEncoderBackend)
+    assert backend.auto == reranker.backend.auto  # type: ignore[attr-defined]
+    assert backend.score_cache_size == 64

@@ -104,6 +104,8 @@ def test_the_fastest_faithful_variant_here_wins_whatever_the_prior_order(
     assert backend.selection is not None
     order = [row.variant for row in backend.selection.agreements]
     assert order[:2] == ["onnx-fp32", "onnx-int8"]
+    skipped = backend.selection.agreements[1]
+    assert "not checked" in (skipped.error or ""), "slower candidates skip the ranking check"
 
 
 def test_a_choice_recorded_under_other_cpu_flags_is_not_reused(

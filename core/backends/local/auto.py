@@ -5,9 +5,10 @@ Which variant is fastest depends on the CPU: on an AVX-512 VNNI Xeon torch int8 
 candidate (:func:`~crossrank.backends.local.variants.auto_candidates`, which already leaves
 out what this CPU cannot run fast) is loaded and timed on a short sample of pairs against
 fp32 torch in the same process; one that is not at least :data:`MIN_SPEEDUP` times faster is
-dropped without scoring the fidelity sample. The fast ones score the fidelity sample and
-must pass the :class:`~crossrank.backends.local.fidelity.FidelityGate`; the fastest that
-passes wins, and fp32 when none does, so auto is never slower than fp32 as measured here.
+dropped. The fast ones then score the fidelity sample, fastest first, until one passes the
+:class:`~crossrank.backends.local.fidelity.FidelityGate`: that one wins (fp32 when none
+does), so auto is never slower than fp32 as measured here, and the slower candidates are
+never scored on the whole sample.
 
 The first start is bounded: the timed sample is :data:`SPEED_PAIRS` pairs, ONNX artifacts
 are built once per machine and cached, compiled kernels are cached by inductor, and the
@@ -141,15 +142,15 @@ def measure_throughput(backend: CrossEncoderBackend, queries: list[str], texts: 
 def measure_and_choose(
     backend: CrossEncoderBackend, sample: Sample, candidates: list[Variant]
 ) -> Selection:
-    """Time every candidate against fp32 here, check the fast ones' rankings, pick the fastest
-    that passes (fp32 when none does)."""
+    """Time every candidate against fp32 here, then check rankings fastest first and stop at
+    the first that passes (fp32 when none does): slower candidates need no fidelity check."""
     gate = backend.auto.fidelity_gate
     pairs = [(query, text) for query, texts in sample for text in texts][:SPEED_PAIRS]
     timed_queries, timed_texts = [q for q, _ in pairs], [t for _, t in pairs]
     reference_backend = backend.sibling(FP32_TORCH)
     reference_speed = measure_throughput(reference_backend, timed_queries, timed_texts)
-    reference: list[list[float]] | None = None
     rows: list[Agreement] = []
+    fast: list[tuple[Variant, CrossEncoderBackend, float]] = []
     for candidate in candidates:
         if candidate == FP32_TORCH:
             continue
@@ -157,31 +158,31 @@ def measure_and_choose(
             sibling = load_candidate(backend, candidate)
             speed = measure_throughput(sibling, timed_queries, timed_texts)
         except _CANDIDATE_FAILURES as exc:
-            rows.append(Agreement(candidate.label, 0.0, 0.0, float("inf"), False, error=str(exc)))
+            rows.append(_unchecked(candidate, f"unavailable: {exc}"))
             continue
-        speedup = speed / reference_speed
-        if speedup < MIN_SPEEDUP:
-            rows.append(
-                Agreement(
-                    candidate.label,
-                    0.0,
-                    0.0,
-                    float("inf"),
-                    False,
-                    error=f"not faster than fp32 on this CPU (needs {MIN_SPEEDUP}x)",
-                    pairs_per_second=speed,
-                    speedup=speedup,
-                )
-            )
+        if speed / reference_speed < MIN_SPEEDUP:
+            note = f"not faster than fp32 on this CPU (needs {MIN_SPEEDUP}x)"
+            rows.append(_unchecked(candidate, note, speed, reference_speed))
+        else:
+            fast.append((candidate, sibling, speed))
+    fast.sort(key=lambda item: -item[2])
+    reference: list[list[float]] | None = None
+    chosen: Agreement | None = None
+    for candidate, sibling, speed in fast:
+        if chosen is not None:
+            note = "not checked: a faster variant passed"
+            rows.append(_unchecked(candidate, note, speed, reference_speed))
             continue
         if reference is None:
             reference = [reference_backend.score(query, texts) for query, texts in sample]
         scores = [sibling.score(query, texts) for query, texts in sample]
         agreement = gate.measure(candidate.label, reference, scores)
+        speedup = speed / reference_speed
         rows.append(dataclasses.replace(agreement, pairs_per_second=speed, speedup=speedup))
+        if agreement.passed:
+            chosen = rows[-1]
     # Fastest first (unavailable last), so the first passing row is the one chosen.
     rows.sort(key=lambda row: -(row.pairs_per_second or 0.0))
-    chosen = next((row for row in rows if row.passed), None)
     if chosen is None:
         return Selection(
             chosen=FP32_TORCH.label,
@@ -202,3 +203,14 @@ def measure_and_choose(
         gate=gate,
         reference_pairs_per_second=reference_speed,
     )
+
+
+def _unchecked(
+    candidate: Variant, note: str, speed: float | None = None, reference: float | None = None
+) -> Agreement:
+    """A row for a candidate whose ranking was not checked, and why."""
+    speedup = speed / reference if speed is not None and reference else None
+    return Agreement(
+        candidate.label, 0.0, 0.0, float("inf"), False, note, pairs_per_second=speed,
+        speedup=speedup,
+    )  # fmt: skip

@@ -80,8 +80,8 @@ class Agreement:
 
     def describe(self) -> str:
         speed = f", {self.speedup:.2f}x fp32 here" if self.speedup is not None else ""
-        if self.error is not None:
-            return f"{self.variant}: unavailable ({self.error}{speed})"
+        if self.error is not None:  # not checked: unavailable, too slow, or a faster one won
+            return f"{self.variant}: {self.error}{speed}"
         verdict = "passes" if self.passed else "fails"
         return (
             f"{self.variant}: {verdict} (min tau {self.kendall_tau:.4f}, min top-k overlap "
