@@ -332,6 +332,9 @@ async def test_one_deadline_bounds_every_window_of_a_call(mode: str) -> None:
             else:
                 await llm.ascore("q", texts(45))
         assert 2 <= len(own.requests) <= 3
+        stats = llm.last_call_stats  # what the failed call spent before the deadline
+        assert stats is not None and not stats.completed
+        assert 1 <= stats.calls <= len(own.requests) and stats.prompt_tokens > 0
         await llm.aclose()
 
 

@@ -98,6 +98,8 @@ class ListwiseStats:
     completion_tokens: int
     answers_without_usage: int
     repairs: tuple[WindowRepair, ...]
+    #: False when a window's request failed: the figures are what was spent before it.
+    completed: bool = True
 
     @property
     def total_tokens(self) -> int:
@@ -111,6 +113,7 @@ class ListwiseStats:
         """JSON-ready, for a report or a log line."""
         return {
             "candidates": self.candidates,
+            "completed": self.completed,
             "llm_calls": self.calls,
             "passes": self.passes,
             "prompt_tokens": self.prompt_tokens,
@@ -288,21 +291,32 @@ class LlmBackend(HttpRerankBackend):
         documents = self._checked(query, texts)
         state, tally = SlidingWindow(len(documents), self.options), _Tally()
         deadline = self._deadline()
-        while (span := state.next_window()) is not None:
-            passages = [documents[index] for index in state.window_indices(span)]
-            answer: ChatAnswer = self._score_batch(query, passages, deadline)  # type: ignore[assignment]
-            self._apply(state, tally, span, answer)
-        return self._finish(state, tally)
+        completed = False
+        try:
+            while (span := state.next_window()) is not None:
+                passages = [documents[index] for index in state.window_indices(span)]
+                answer: ChatAnswer = self._score_batch(query, passages, deadline)  # type: ignore[assignment]
+                self._apply(state, tally, span, answer)
+            completed = True
+        finally:
+            # A failed call still spent tokens: its stats say so (completed=False).
+            self._record(state, tally, completed)
+        return Ranking(state.ranks())
 
     async def ascore(self, query: str, texts: Sequence[str]) -> Ranking:  # type: ignore[override]
         documents = self._checked(query, texts)
         state, tally = SlidingWindow(len(documents), self.options), _Tally()
         deadline = self._deadline()
-        while (span := state.next_window()) is not None:
-            passages = [documents[index] for index in state.window_indices(span)]
-            answer: ChatAnswer = await self._ascore_batch(query, passages, deadline)  # type: ignore[assignment]
-            self._apply(state, tally, span, answer)
-        return self._finish(state, tally)
+        completed = False
+        try:
+            while (span := state.next_window()) is not None:
+                passages = [documents[index] for index in state.window_indices(span)]
+                answer: ChatAnswer = await self._ascore_batch(query, passages, deadline)  # type: ignore[assignment]
+                self._apply(state, tally, span, answer)
+            completed = True
+        finally:
+            self._record(state, tally, completed)
+        return Ranking(state.ranks())
 
     def _apply(
         self, state: SlidingWindow, tally: _Tally, span: tuple[int, int], answer: ChatAnswer
@@ -310,7 +324,7 @@ class LlmBackend(HttpRerankBackend):
         tally.add(answer)
         state.apply(span, parse_order(answer.content, span[1] - span[0]))
 
-    def _finish(self, state: SlidingWindow, tally: _Tally) -> Ranking:
+    def _record(self, state: SlidingWindow, tally: _Tally, completed: bool) -> None:
         stats = ListwiseStats(
             candidates=state.count,
             calls=state.calls,
@@ -319,6 +333,7 @@ class LlmBackend(HttpRerankBackend):
             completion_tokens=tally.completion_tokens,
             answers_without_usage=tally.without_usage,
             repairs=tuple(state.repairs),
+            completed=completed,
         )
         self._last_stats.set(stats)
         if stats.repairs:
@@ -331,7 +346,6 @@ class LlmBackend(HttpRerankBackend):
             )
         if self.stats_callback is not None:
             self.stats_callback(stats)
-        return Ranking(state.ranks())
 
 
 __all__ = ["CHAT_COMPLETIONS", "ChatAnswer", "ListwiseStats", "LlmBackend", "chat_answer"]
