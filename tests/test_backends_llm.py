@@ -464,3 +464,18 @@ def test_registered_and_rebuilt_from_its_config(server: FakeChatServer) -> None:
     assert rebuilt.score("q", texts(10)) == llm.score("q", texts(10))
     assert LlmBackend().endpoint == "https://api.openai.com/v1/chat/completions"
     assert "api_key=" in repr(llm) and API_KEY not in repr(llm)
+
+
+def test_a_saved_reranker_config_rebuilds_it_without_the_key(server: FakeChatServer) -> None:
+    ranker = Reranker(
+        "llm",
+        backend_options=backend_options(server, window=8, step=4),
+        blend="rrf",
+        top_n=3,
+    )
+    first = ranker.rerank("topic 5", texts(12))
+    assert first.report.blend is not None and first.report.scores_from_ranks
+    saved = json.loads(json.dumps(ranker.to_config()))
+    assert API_KEY not in json.dumps(saved)
+    again = Reranker.from_config(saved, api_key=API_KEY).rerank("topic 5", texts(12))
+    assert again.texts == first.texts
