@@ -22,9 +22,9 @@ import pytest
 from crossrank import BackendResponseError, BackendUnavailableError, ConfigurationError, Reranker
 from crossrank.backends import create_backend
 from crossrank.backends.base import Ranking
-from crossrank.backends.http import approximate_token_spans
 from crossrank.backends.listwise import truncate_tokens
 from crossrank.backends.llm import ListwiseStats, LlmBackend
+from crossrank.backends.wire import approximate_token_spans
 from crossrank.secrets import Secret
 from tests.support.fake_chat_server import CHAT_PATH, FakeChatServer, Fault, hashed_relevance
 from tests.support.paths import require_shared_data

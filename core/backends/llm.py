@@ -28,12 +28,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from crossrank.backends.base import Ranking
-from crossrank.backends.http import (
-    HttpPolicy,
-    ProviderSpec,
-    RerankRequest,
-    approximate_token_spans,
-)
+from crossrank.backends.http import HttpPolicy
 from crossrank.backends.listwise import (
     DEFAULT_PASSAGE_TOKENS,
     DEFAULT_PASSES,
@@ -46,6 +41,7 @@ from crossrank.backends.listwise import (
     parse_order,
 )
 from crossrank.backends.providers import HttpRerankBackend
+from crossrank.backends.wire import ProviderSpec, RerankRequest, approximate_token_spans
 from crossrank.errors import BackendResponseError, ConfigurationError
 from crossrank.secrets import Secret, as_secret
 
