@@ -479,3 +479,14 @@ def test_a_saved_reranker_config_rebuilds_it_without_the_key(server: FakeChatSer
     assert API_KEY not in json.dumps(saved)
     again = Reranker.from_config(saved, api_key=API_KEY).rerank("topic 5", texts(12))
     assert again.texts == first.texts
+
+
+def test_chat_answers_are_read_from_text_or_content_parts() -> None:
+    from crossrank.backends.llm import chat_answer
+
+    plain = {"choices": [{"message": {"content": "[2] > [1]"}}], "usage": {"prompt_tokens": 9}}
+    parts = {"choices": [{"message": {"content": [{"type": "text", "text": "[2] > [1]"}]}}]}
+    assert chat_answer(plain, "llm").content == chat_answer(parts, "llm").content == "[2] > [1]"
+    assert chat_answer(plain, "llm").completion_tokens is None  # usage without it: unknown
+    with pytest.raises(BackendResponseError, match="no 'message'"):
+        chat_answer({"choices": [{"text": "[1]"}]}, "llm")

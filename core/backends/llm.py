@@ -156,10 +156,15 @@ def chat_answer(payload: Any, provider: str) -> ChatAnswer:
     message = choices[0].get("message")
     if not isinstance(message, dict):
         raise BackendResponseError(f"{provider} answer has no 'message' in choices[0]")
+    content = message.get("content")
+    if isinstance(content, list):  # content parts, as some gateways send them
+        content = "".join(
+            str(part.get("text", "")) for part in content if isinstance(part, dict)
+        )
     usage = payload.get("usage")
     usage = usage if isinstance(usage, dict) else {}
     return ChatAnswer(
-        content=message.get("content"),
+        content=content,
         prompt_tokens=_token_count(usage.get("prompt_tokens")),
         completion_tokens=_token_count(usage.get("completion_tokens")),
     )
