@@ -167,6 +167,12 @@ class Cell:
     lost: int = 0
     elapsed: float = 0.0
     pairs: int = 0
+    #: why answers were lost: HTTP status or exception name -> count
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def lose(self, reason: str) -> None:
+        self.lost += 1
+        self.errors[reason] = self.errors.get(reason, 0) + 1
 
     @property
     def sent(self) -> int:
@@ -228,15 +234,15 @@ async def closed_loop(
                     answer = await client.post(
                         "/v2/rerank", json={"model": "m", "query": query, "documents": texts}
                     )
-                except httpx.HTTPError:
-                    cell.lost += 1
+                except httpx.HTTPError as exc:
+                    cell.lose(type(exc).__name__)
                     continue
                 if answer.status_code == 429:
                     cell.refused += 1
                     await asyncio.sleep(0.01)
                     continue
                 if answer.status_code != 200:
-                    cell.lost += 1
+                    cell.lose(f"HTTP {answer.status_code}")
                     continue
                 if [r["index"] for r in answer.json()["results"]] != orders[i]:
                     cell.wrong += 1
@@ -326,6 +332,9 @@ def print_table(cells: list[Cell], baseline: Cell) -> None:
             f"{cell.percentile(0.99):>8.1f} "
             f"{share:>6.1f} {cell.wrong:>5} {cell.lost:>5}"
         )
+    for cell in cells:
+        if cell.errors:
+            print(f"  lost in {cell.name!r} at C={cell.concurrency}: {cell.errors}")
 
 
 def main() -> None:
@@ -414,25 +423,23 @@ def ray_cells(
 
     cells = []
     ray.init(include_dashboard=False, log_to_driver=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    url = f"http://127.0.0.1:{port}"
+    settings = ServeSettings(max_in_flight=args.max_in_flight, max_queue=args.max_queue)
     try:
-        for replicas in (1, 2):
-            port = free_port()
-            serve.start(http_options={"host": "127.0.0.1", "port": port})
-            settings = ServeSettings(max_in_flight=args.max_in_flight, max_queue=args.max_queue)
-            serve.run(
-                build_deployment(config, settings, replicas=replicas, num_cpus=0.5),
-                name=APP_NAME,
-                route_prefix="/",
-            )
-            url = f"http://127.0.0.1:{port}"
+        for replicas in (1, 2):  # redeployed in place: the proxy and its port stay
+            deployment = build_deployment(config, settings, replicas=replicas, num_cpus=0.5)
+            serve.run(deployment, name=APP_NAME, route_prefix="/")
             wait_ready(url, timeout_s=180)
+            time.sleep(2.0)  # let every replica finish its warm-up, not only the first
             for concurrency in args.concurrency:
                 name = f"ray serve, {replicas} replica(s)"
                 cells.append(
                     asyncio.run(closed_loop(url, name, concurrency, load, orders, args.seconds))
                 )
-            serve.shutdown()
     finally:
+        serve.shutdown()
         ray.shutdown()
     return cells
 
