@@ -200,9 +200,22 @@ class RerankerConfig:
                 f"unknown reranker config keys: {unknown}; expected some of {sorted(known)}"
             )
         backend_options = dict(_mapping("backend_options", options.pop("backend_options", None)))
-        backend_options.update(_mapping("backend_options", overrides.pop("backend_options", None)))
+        saved_strings = {name for name, value in backend_options.items() if isinstance(value, str)}
+        loading_options = dict(_mapping("backend_options", overrides.pop("backend_options", None)))
+        backend_options.update(loading_options)
         options.update(overrides)
-        return cls.from_options(backend_options=backend_options, **options)
+        config = cls.from_options(backend_options=backend_options, **options)
+        literal = sorted(
+            name
+            for name in saved_strings - set(loading_options) - set(overrides)
+            if isinstance(config.backend_options.get(name), Secret)
+        )
+        if literal:
+            raise ConfigurationError(
+                f"a saved config must not hold a literal credential ({literal}); save "
+                "Secret.from_env_var(...) instead, or give the key when loading"
+            )
+        return config
 
     def __reduce__(self) -> tuple[Any, ...]:
         options = {name: getattr(self, name) for name in self.engine_options()}

@@ -101,7 +101,12 @@ class Secret:
         names = data.get("env_vars")
         if isinstance(names, str) or not isinstance(names, Iterable):
             raise ConfigurationError(f"secret env_vars must be a list of names, got {names!r}")
-        return cls(env_vars=tuple(names), strict=bool(data.get("strict", True)))
+        strict = data.get("strict")
+        if not isinstance(strict, bool):
+            raise ConfigurationError(
+                f"a saved env-var secret must say whether it is strict (true/false), got {strict!r}"
+            )
+        return cls(env_vars=tuple(names), strict=strict)
 
     @staticmethod
     def is_serialized(value: Any) -> bool:

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from crossrank import CrossrankError, Reranker, RerankerConfig, RerankResult
+from crossrank import ConfigurationError, CrossrankError, Reranker, RerankerConfig, RerankResult
 from crossrank.errors import missing_dependency
 from crossrank.integrations import _shared
 
@@ -23,10 +23,8 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra installed
     raise missing_dependency("haystack-ai", "haystack") from exc
 
-#: The import path pipelines serialize; it lies inside Haystack 3's default allowlist.
-CANONICAL_MODULE = "haystack_integrations.components.rankers.crossrank"
-# Warming up is rare and idempotent: one lock for all components keeps them picklable.
-_WARM_UP = threading.Lock()
+CANONICAL_MODULE = "haystack_integrations.components.rankers.crossrank"  # on the allowlist
+_WARM_UP = threading.Lock()  # warm-up is rare: one lock for all keeps components picklable
 
 
 @component
@@ -47,7 +45,6 @@ class CrossrankRanker:
     document without content is scored on those alone, never dropped.
 
     Example:
-        >>> from haystack import Document
         >>> ranker = CrossrankRanker(backend="embedding", top_k=1)
         >>> docs = [Document(content="Oslo office"), Document(content="refunds take 5 days")]
         >>> ranker.run(query="refund time", documents=docs)["documents"][0].content
@@ -65,17 +62,16 @@ class CrossrankRanker:
         embedding_separator: str = "\n",
         **options: Any,
     ) -> None:
-        if isinstance(meta_fields_to_embed, str) or not all(
-            isinstance(name, str) for name in meta_fields_to_embed or []
-        ):
-            raise CrossrankError(f"meta_fields_to_embed must list names: {meta_fields_to_embed!r}")
+        fields = meta_fields_to_embed or []
+        if isinstance(fields, str) or not all(isinstance(name, str) for name in fields):
+            raise ConfigurationError(f"meta_fields_to_embed must list names: {fields!r}")
         if not isinstance(embedding_separator, str):
-            raise CrossrankError(f"embedding_separator must be text: {embedding_separator!r}")
+            raise ConfigurationError(f"embedding_separator must be text: {embedding_separator!r}")
         # Options are checked now; the backend (its model, its HTTP client) waits for warm_up.
         self.config, self._reranker = _shared.resolve_config(
             "haystack", reranker=reranker, config=config, options=options
         )
-        self.meta_fields_to_embed = list(meta_fields_to_embed or [])
+        self.meta_fields_to_embed = list(fields)
         self.embedding_separator = embedding_separator
         self._warm = False
 
@@ -120,11 +116,14 @@ class CrossrankRanker:
     def from_dict(cls, data: dict[str, Any]) -> "CrossrankRanker":
         """Rebuild from :meth:`to_dict` output."""
         try:
-            return default_from_dict(cls, data)  # type: ignore[no-any-return]
+            ranker: CrossrankRanker = default_from_dict(cls, data)
         except CrossrankError:
             raise
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
-            raise DeserializationError(f"cannot build CrossrankRanker: {data!r}: {exc}") from exc
+            raise DeserializationError(f"cannot build CrossrankRanker: {exc}") from exc
+        if _shared.token_secrets(ranker.config):  # a key written into the YAML itself
+            raise DeserializationError("a saved pipeline must not hold a literal API key")
+        return ranker
 
     @component.output_types(documents=list[Document])
     def run(

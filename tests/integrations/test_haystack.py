@@ -158,7 +158,7 @@ def test_cross_encoder_component_matches_the_engine(tiny_ranker_options: dict[st
     ranker = CrossrankRanker(**tiny_ranker_options)
     documents = retrieved()
     output = ranker.run(query=QUERY, documents=documents)["documents"]
-    engine = Reranker.from_config(ranker._build_reranker().to_config())
+    engine = Reranker(config=ranker.config)
     expected = engine.rerank(
         QUERY, [Candidate(d.content or "", id=d.id, first_stage_score=d.score) for d in documents]
     )

@@ -87,7 +87,7 @@ def test_haystack_round_trip(tuned_config: dict[str, Any]) -> None:
     from crossrank.integrations.haystack import CrossrankRanker
 
     pipeline = Pipeline()
-    pipeline.add_component("ranker", CrossrankRanker.from_config(tuned_config))
+    pipeline.add_component("ranker", CrossrankRanker(config=tuned_config))
     loaded = Pipeline.loads(pipeline.dumps())
     documents = [
         Document(content=text, id=f"d{i}", score=score)
