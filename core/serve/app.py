@@ -104,10 +104,13 @@ def create_app(
     settings: ServeSettings | None = None,
     *,
     warm_up: bool = True,
+    block_until_warm: bool = False,
 ) -> FastAPI:
     """The serving app for ``reranker`` (or a factory called once, at startup).
 
     With ``warm_up=False`` the app reports ready at once (for backends with nothing to load).
+    ``block_until_warm`` finishes startup only once warm: for Ray Serve, which routes to a
+    replica as soon as its startup is done and never asks ``/ready``.
     """
     settings = settings or ServeSettings()
     holder: dict[str, _Service] = {}
@@ -129,7 +132,9 @@ def create_app(
         )
         loop.set_default_executor(executor)
         warming: asyncio.Task[None] | None = None
-        if warm_up:
+        if warm_up and block_until_warm:
+            await state.warm_up()
+        elif warm_up:
             warming = asyncio.create_task(state.warm_up())
         else:
             state.ready = True

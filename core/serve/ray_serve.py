@@ -60,7 +60,8 @@ def build_deployment(
         from crossrank.serve.settings import load_api_keys
 
         replica_settings = dataclasses.replace(settings, api_keys=load_api_keys(api_key_file))
-        return create_app(build_reranker(engine_config), replica_settings)
+        # Ray routes to a replica once its startup is done, so startup waits for the warm-up.
+        return create_app(build_reranker(engine_config), replica_settings, block_until_warm=True)
 
     options: dict[str, Any] = {
         "name": APP_NAME,
