@@ -372,6 +372,12 @@ class Reranker:
             call.windows = no_windows(texts)
         call.lap("windows", started)
 
+    def _backend_stats(self) -> Mapping[str, Any] | None:
+        # Read in the thread or task that scored: such stats live in a context variable.
+        call_stats = getattr(self.backend, "call_stats", None)
+        stats = call_stats() if callable(call_stats) else None
+        return stats if isinstance(stats, Mapping) else None
+
     def _budget_outcome(self, call: _Call, reranked: int) -> BudgetOutcome | None:
         if call.budget_ms is None:
             return None
@@ -574,6 +580,7 @@ class Reranker:
             timings_ms=dict(call.timings_ms),
             scores_from_ranks=call.scored_from_ranks and scored,
             budget=self._budget_outcome(call, reranked_count),
+            backend_stats=self._backend_stats() if status in ("reranked", "fallback") else None,
         )
         return RerankResult(query=call.query, ranked=tuple(ranked), report=report)
 

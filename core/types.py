@@ -93,6 +93,9 @@ class RerankReport:
     scores_from_ranks: bool = False
     #: What the latency budget did, when one applied (see :mod:`crossrank.budget`).
     budget: Any = None
+    #: What the backend reports of this call's cost, for backends that keep such figures
+    #: (the LLM reranker: calls, tokens, passes, repairs of malformed answers).
+    backend_stats: Mapping[str, Any] | None = None
 
     @property
     def partial(self) -> bool:

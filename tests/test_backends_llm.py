@@ -261,6 +261,20 @@ async def test_calls_and_tokens_per_query_are_reported(server: FakeChatServer, m
     assert llm.call_stats() == stats.as_dict()
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_the_engine_report_carries_calls_and_tokens(
+    server: FakeChatServer, mode: str
+) -> None:
+    result = await call(reranker(server), mode, "topic 2", texts(30))
+    stats = result.report.backend_stats
+    assert result.report.status == "reranked" and result.report.scores_from_ranks
+    assert stats is not None and stats["llm_calls"] == 2 == len(server.requests)
+    assert stats["total_tokens"] == stats["prompt_tokens"] + stats["completion_tokens"] > 0
+    with_budget = Reranker("llm", backend_options=backend_options(server), latency_budget_ms=6e4)
+    budgeted = await call(with_budget, mode, "topic 2", texts(30))
+    assert budgeted.report.budget is not None and budgeted.report.budget.reranked == 30
+
+
 async def test_stats_belong_to_the_task_that_made_the_call(server: FakeChatServer) -> None:
     llm = backend(server)
 

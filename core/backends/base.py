@@ -7,9 +7,9 @@ nothing of candidates, ranks, deduplication or normalization: that is the engine
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 
 @runtime_checkable
@@ -64,6 +64,17 @@ def scores_from_ranks(ranks: Sequence[int]) -> list[float]:
     """
     count = len(ranks)
     return [1.0 - (rank - 1) / count for rank in ranks]
+
+
+@runtime_checkable
+class ReportsCallStats(Protocol):
+    """Optional capability: what the last call cost (LLM calls, tokens...), JSON-ready.
+
+    Read by the engine right after scoring, in the same thread or task, into
+    ``RerankReport.backend_stats``.
+    """
+
+    def call_stats(self) -> Mapping[str, Any] | None: ...
 
 
 @runtime_checkable

@@ -189,6 +189,8 @@ class LlmBackend(HttpRerankBackend):
 
     provider = CHAT_COMPLETIONS
     secret_options: ClassVar[tuple[str, ...]] = ("api_key",)
+    #: One query's windows must be ranked in one call: the engine never splits them.
+    returns_ranks: ClassVar[bool] = True
 
     def __init__(
         self,
