@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -12,32 +11,11 @@ from crossrank.cli import main
 from crossrank.errors import ConfigurationError, InvalidInputError
 from crossrank.serve.batch import read_rows, run_batch
 from crossrank.serve.engine_options import build_reranker
-
-KEYWORD = {"backend": "tests.support.backends:KeywordBackend"}
-
-
-def _rows(count: int) -> list[dict[str, Any]]:
-    return [
-        {
-            "id": f"q{i}",
-            "query": f"capital of france {i}",
-            "candidates": [
-                "berlin is the capital of germany",
-                {"text": "paris is the capital of france", "id": "paris", "first_stage_score": 2},
-                {"text": f"row {i} about shipping", "id": "ship"},
-            ],
-        }
-        for i in range(count)
-    ]
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return path
+from tests.serve.rows import KEYWORD, rows_of, write_jsonl
 
 
 def test_batch_matches_the_engine_row_by_row(tmp_path: Path) -> None:
-    rows = _rows(5)
+    rows = rows_of(5)
     summary = run_batch(rows, KEYWORD, tmp_path / "out.jsonl", shard_size=2, progress=False)
     assert (summary.rows, summary.shards, summary.shards_resumed) == (5, 3, 0)
     written = read_rows(tmp_path / "out.jsonl")
@@ -57,7 +35,7 @@ def test_cli_jsonl_and_parquet(tmp_path: Path, capsys: pytest.CaptureFixture[str
     # Parquet columns hold one type: every candidate is an object here.
     rows = [
         dict(row, candidates=[c if isinstance(c, dict) else {"text": c} for c in row["candidates"]])
-        for row in _rows(4)
+        for row in rows_of(4)
     ]
     rows = [
         dict(
@@ -65,7 +43,7 @@ def test_cli_jsonl_and_parquet(tmp_path: Path, capsys: pytest.CaptureFixture[str
         )
         for row in rows
     ]
-    source = _write_jsonl(tmp_path / "rows.jsonl", rows)
+    source = write_jsonl(tmp_path / "rows.jsonl", rows)
     config = tmp_path / "config.json"
     config.write_text(json.dumps(KEYWORD), encoding="utf-8")
     assert (
@@ -102,7 +80,7 @@ def test_cli_jsonl_and_parquet(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 
 def test_resume_skips_finished_shards(tmp_path: Path) -> None:
-    rows = _rows(6)
+    rows = rows_of(6)
     out = tmp_path / "out.jsonl"
     run_batch(rows, KEYWORD, out, shard_size=2, progress=False)
     shards = out.with_name("out.jsonl.shards")
@@ -126,11 +104,13 @@ def test_resume_skips_finished_shards(tmp_path: Path) -> None:
 
 def test_resume_refuses_shards_of_another_run(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
-    run_batch(_rows(3), KEYWORD, out, shard_size=2, fingerprint={"sha256": "a"}, progress=False)
+    run_batch(rows_of(3), KEYWORD, out, shard_size=2, fingerprint={"sha256": "a"}, progress=False)
     with pytest.raises(ConfigurationError, match="--restart"):
-        run_batch(_rows(3), KEYWORD, out, shard_size=2, fingerprint={"sha256": "b"}, progress=False)
+        run_batch(
+            rows_of(3), KEYWORD, out, shard_size=2, fingerprint={"sha256": "b"}, progress=False
+        )
     run_batch(
-        _rows(3),
+        rows_of(3),
         KEYWORD,
         out,
         shard_size=2,
@@ -141,7 +121,7 @@ def test_resume_refuses_shards_of_another_run(tmp_path: Path) -> None:
 
 
 def test_bad_rows_are_named_before_any_work(tmp_path: Path) -> None:
-    rows = _rows(3)
+    rows = rows_of(3)
     rows[2] = {"query": "q", "candidates": ["a", {"txt": "b"}]}
     with pytest.raises(InvalidInputError, match=r"row 2: candidates\[1\]"):
         run_batch(rows, KEYWORD, tmp_path / "out.jsonl", progress=False)
@@ -156,8 +136,8 @@ def test_beir_folder_first_stage_then_rerank(tmp_path: Path) -> None:
         {"_id": "d2", "title": "Berlin", "text": "berlin is the capital of germany"},
         {"_id": "d3", "title": "Refunds", "text": "refunds are issued within fourteen days"},
     ]
-    _write_jsonl(folder / "corpus.jsonl", corpus)
-    _write_jsonl(
+    write_jsonl(folder / "corpus.jsonl", corpus)
+    write_jsonl(
         folder / "queries.jsonl",
         [{"_id": "q1", "text": "capital of france"}, {"_id": "q2", "text": "refunds"}],
     )

@@ -19,7 +19,7 @@ pytest.importorskip("ray.data")
 from crossrank.cli import main  # noqa: E402
 from crossrank.serve.batch import read_rows, run_batch  # noqa: E402
 from tests.serve.conftest import DOCUMENTS, QUERY  # noqa: E402
-from tests.serve.test_batch import KEYWORD, _rows, _write_jsonl  # noqa: E402
+from tests.serve.rows import KEYWORD, rows_of, write_jsonl  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,7 +43,7 @@ def local_ray() -> Iterator[Any]:
 
 
 def test_batch_on_ray_equals_local(local_ray: Any, tmp_path: Path) -> None:
-    source = _write_jsonl(tmp_path / "rows.jsonl", _rows(6))
+    source = write_jsonl(tmp_path / "rows.jsonl", rows_of(6))
     config = tmp_path / "config.json"
     config.write_text(json.dumps(KEYWORD), encoding="utf-8")
     common = ["--config", str(config), "--shard-size", "2", "--no-progress"]
@@ -59,7 +59,7 @@ def test_batch_on_ray_equals_local(local_ray: Any, tmp_path: Path) -> None:
 def test_tiny_cross_encoder_on_ray_equals_local(
     local_ray: Any, tmp_path: Path, tiny_config: dict[str, Any]
 ) -> None:
-    rows = _rows(4)
+    rows = rows_of(4)
     local = run_batch(rows, tiny_config, tmp_path / "local.jsonl", shard_size=2, progress=False)
     remote = run_batch(
         rows,
@@ -76,7 +76,7 @@ def test_tiny_cross_encoder_on_ray_equals_local(
 
 @pytest.mark.slow
 def test_killed_actor_loses_and_duplicates_nothing(local_ray: Any, tmp_path: Path) -> None:
-    rows = _rows(16)
+    rows = rows_of(16)
     pids = tmp_path / "pids"
     pids.mkdir()
     backend = "tests.serve.backends:SlowKeywordBackend"
