@@ -156,6 +156,7 @@ def create_app(
             close = getattr(engine.backend, "close", None)
             if callable(close):
                 await asyncio.to_thread(close)
+            executor.shutdown(wait=False)
 
     app = FastAPI(
         title="crossrank",
