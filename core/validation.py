@@ -23,7 +23,25 @@ def check_query(query: Any) -> str:
         )
     if not query.strip():
         raise InvalidInputError(f"query must not be empty or blank, got {query!r}")
+    check_encodable(query, "query")
     return query
+
+
+def check_encodable(text: str, what: str) -> None:
+    """Refuse text that no model input can carry: a lone surrogate has no UTF-8 form.
+
+    Refused rather than replaced, for every backend alike, so the caller learns that a text
+    was damaged upstream (a bad decode, a cut emoji) instead of getting it scored as ``?``.
+    """
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            f"{what} holds a lone surrogate {text[exc.start]!r} at character {exc.start}; "
+            "it cannot be encoded as UTF-8 (decode the source with errors='replace' to keep it)"
+        ) from None
 
 
 def check_top_n(top_n: Any) -> int | None:
@@ -88,6 +106,7 @@ def check_candidate(candidate: Candidate, position: int) -> None:
             f"candidate {position} (id={candidate.id!r}) has no usable text: expected str, got "
             f"{type(candidate.text).__name__}: {_short(candidate.text)}"
         )
+    check_encodable(candidate.text, f"candidate {position} (id={candidate.id!r})")
     if candidate.id is not None and not isinstance(candidate.id, str):
         raise InvalidInputError(
             f"candidate {position} id must be a string or None, got {_short(candidate.id)}"

@@ -475,19 +475,18 @@ def test_tiny_cross_encoder_on_a_hundred_thousand_characters(tiny_reranker: Rera
     assert result.report.windows_scored > 100
 
 
-def test_lone_surrogates_fall_back_or_rerank_but_never_crash(tiny_cross_encoder_path: Path) -> None:
-    """A lone surrogate cannot be encoded as UTF-8; the engine must still answer, flagged."""
+def test_lone_surrogates_are_refused_naming_the_text_for_every_backend(
+    tiny_cross_encoder_path: Path,
+) -> None:
+    """A lone surrogate cannot be encoded as UTF-8: refused up front, whichever backend."""
     from crossrank.backends.cross_encoder import CrossEncoderBackend
 
     backend = CrossEncoderBackend(
         str(tiny_cross_encoder_path), device="cpu", registry=ModelRegistry()
     )
-    candidates = [Candidate("refund \ud800 policy", id="s"), Candidate("refund", id="t")]
-    result = Reranker(backend).rerank("refund", candidates)
-    check_result(candidates, result)
-    assert len(result) == 2
-    assert result.report.status in ("reranked", "fallback")
-    if result.report.status == "fallback":
-        assert result.report.error
-    keyword = Reranker(KeywordBackend()).rerank("refund \udfff", candidates)
-    assert keyword.report.status == "reranked"
+    candidates = [Candidate("refund", id="t"), Candidate("refund \ud800 policy", id="s")]
+    for reranker in (Reranker(backend), Reranker(KeywordBackend(), strict=False)):
+        with pytest.raises(InvalidInputError, match=r"candidate 1 \(id='s'\).*character 7"):
+            reranker.rerank("refund", candidates)
+        with pytest.raises(InvalidInputError, match="query holds a lone surrogate"):
+            reranker.rerank("refund \udfff", candidates[:1])
