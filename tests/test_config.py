@@ -146,3 +146,15 @@ def test_bools_non_finite_and_text_are_not_scores(score: object) -> None:
         Reranker(KeywordBackend()).rerank(
             "refund", [Candidate("refund", first_stage_score=score)]  # type: ignore[arg-type]
         )
+
+
+def test_a_saved_literal_key_is_refused_but_a_key_given_at_load_is_not() -> None:
+    saved = {"backend": OPTIONED_BACKEND, "backend_options": {"api_key": SECRET}}
+    with pytest.raises(ConfigurationError, match=r"literal credential \(\['api_key'\]\)") as error:
+        RerankerConfig.from_dict(saved)
+    assert SECRET not in str(error.value)
+    loaded = RerankerConfig.from_dict({"backend": OPTIONED_BACKEND}, api_key=SECRET)
+    assert loaded.backend_options["api_key"].resolve_value() == SECRET
+    with pytest.raises(ConfigurationError, match="must say whether it is strict"):
+        unsaid = {"type": "env_var", "env_vars": ["K"]}
+        RerankerConfig.from_dict({"backend": OPTIONED_BACKEND, "backend_options": {"api_key": unsaid}})
