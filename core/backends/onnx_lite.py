@@ -51,8 +51,6 @@ class _Loaded:
     input_names: frozenset[str]
     #: Pairs: truncation longest-first to ``max_length``, no padding (batches pad themselves).
     pair_tokenizer: Any
-    #: Single texts, whole: offsets for windows and query lengths must see every token.
-    text_tokenizer: Any
     max_length: int
     pair_special_tokens: int
 
@@ -94,6 +92,7 @@ class OnnxLiteBackend(BaseBackend):
 
     def _init_runtime(self) -> None:
         self._loaded: _Loaded | None = None
+        self._text: Any = None
         self._load_lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -156,19 +155,9 @@ class OnnxLiteBackend(BaseBackend):
         except ImportError as exc:
             raise missing_dependency("tokenizers", "onnx-lite") from exc
         max_length = self.max_length or files.settings.max_length
-        try:
-            pair_tokenizer = Tokenizer.from_file(str(files.tokenizer_file))
-            text_tokenizer = Tokenizer.from_file(str(files.tokenizer_file))
-        except Exception as exc:
-            raise ModelLoadError(
-                f"could not read tokenizer {str(files.tokenizer_file)!r}: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+        pair_tokenizer = _read_tokenizer(Tokenizer, files.tokenizer_file)
         # Configured once here and never again: a tokenizer shared by threads must not change.
-        pair_tokenizer.no_padding()
         pair_tokenizer.enable_truncation(max_length, strategy="longest_first")
-        text_tokenizer.no_padding()
-        text_tokenizer.no_truncation()
         processor = pair_tokenizer.post_processor
         special = processor.num_special_tokens_to_add(True) if processor is not None else 0
         options = ort.SessionOptions()
@@ -198,7 +187,6 @@ class OnnxLiteBackend(BaseBackend):
             session=session,
             input_names=input_names,
             pair_tokenizer=pair_tokenizer,
-            text_tokenizer=text_tokenizer,
             max_length=max_length,
             pair_special_tokens=int(special),
         )
@@ -274,8 +262,23 @@ class OnnxLiteBackend(BaseBackend):
 
     # -- windowing (the engine's TokenWindowing) -------------------------------------------------
 
+    def _text_tokenizer(self) -> Any:
+        """Single texts, whole (offsets for windows, query lengths): a second tokenizer, so
+        the pair one's truncation never changes under a thread; loaded only when windowing
+        asks, since a short-lived process that never windows should not pay for it."""
+        text = self._text
+        if text is None:
+            from tokenizers import Tokenizer
+
+            path = self.load().files.tokenizer_file
+            key = ("onnx-lite-text-tokenizer", str(path), path.stat().st_mtime_ns)
+            text = self._text = self._registry.get_or_load(
+                key, lambda: _read_tokenizer(Tokenizer, path)
+            )
+        return text
+
     def token_spans(self, text: str) -> list[tuple[int, int]]:
-        encoding = self.load().text_tokenizer.encode(text, add_special_tokens=False)
+        encoding = self._text_tokenizer().encode(text, add_special_tokens=False)
         return [(int(start), int(end)) for start, end in encoding.offsets]
 
     def window_token_budget(self, query: str) -> int | None:
@@ -286,8 +289,21 @@ class OnnxLiteBackend(BaseBackend):
         """
         loaded = self.load()
         room = loaded.max_length - loaded.pair_special_tokens
-        query_tokens = len(loaded.text_tokenizer.encode(query, add_special_tokens=False).ids)
+        query_tokens = len(self._text_tokenizer().encode(query, add_special_tokens=False).ids)
         return max(room - query_tokens, room // 2)
+
+
+def _read_tokenizer(tokenizer_class: Any, path: Path) -> Any:
+    """A tokenizer from ``tokenizer.json`` that neither pads nor truncates until told to."""
+    try:
+        tokenizer = tokenizer_class.from_file(str(path))
+    except Exception as exc:
+        raise ModelLoadError(
+            f"could not read tokenizer {str(path)!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
 
 
 def _positive(name: str, value: Any) -> int:
