@@ -155,6 +155,7 @@ def test_a_saved_literal_key_is_refused_but_a_key_given_at_load_is_not() -> None
     assert SECRET not in str(error.value)
     loaded = RerankerConfig.from_dict({"backend": OPTIONED_BACKEND}, api_key=SECRET)
     assert loaded.backend_options["api_key"].resolve_value() == SECRET
+    unsaid = {"backend": OPTIONED_BACKEND, "backend_options": {"api_key": {"type": "env_var"}}}
+    unsaid["backend_options"]["api_key"]["env_vars"] = ["K"]  # type: ignore[index]
     with pytest.raises(ConfigurationError, match="must say whether it is strict"):
-        unsaid = {"type": "env_var", "env_vars": ["K"]}
-        RerankerConfig.from_dict({"backend": OPTIONED_BACKEND, "backend_options": {"api_key": unsaid}})
+        RerankerConfig.from_dict(unsaid)
