@@ -55,12 +55,11 @@ class CrossrankCompressor(BaseDocumentCompressor):
     config: dict[str, Any] | None = Field(
         default=None, description="Credential-free RerankerConfig dict (read-only)."
     )
+    _reranker: Reranker = PrivateAttr()
     first_stage_score_keys: tuple[str, ...] = Field(
         default=DEFAULT_FIRST_STAGE_SCORE_KEYS,
         description="Metadata keys read, in order, for the score a document arrived with.",
     )
-
-    _reranker: Reranker = PrivateAttr()
 
     def __init__(
         self,
