@@ -235,20 +235,23 @@ import time
 started = time.perf_counter()
 from crossrank.backends.local import CrossEncoderBackend
 backend = CrossEncoderBackend(
-    {model!r}, precision="auto", device="cpu", cache_dir={cache_dir!r}, local_files_only=True
+    {model!r}, precision="auto", device="cpu", cache_dir={cache_dir!r}, local_files_only=True,
+    compile={compile!r},
 )
 backend.score("how are vaccines tested", ["a passage about clinical trials"] * {pairs})
 print(time.perf_counter() - started, backend.variant.label)
 """
 
 
-def first_start(model: str, cache_dir: str, *, pairs: int = 8) -> tuple[float, str]:
+def first_start(
+    model: str, cache_dir: str, *, pairs: int = 8, compile: bool = True
+) -> tuple[float, str]:
     """Seconds a fresh process takes from ``import crossrank`` to scoring ``pairs`` pairs with
     ``precision="auto"``, and the variant it runs."""
     import subprocess
     import sys
 
-    code = _FIRST_START.format(model=model, cache_dir=cache_dir, pairs=pairs)
+    code = _FIRST_START.format(model=model, cache_dir=cache_dir, pairs=pairs, compile=compile)
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=1800
     )

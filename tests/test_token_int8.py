@@ -39,6 +39,12 @@ from crossrank.backends.local.token_int8 import (  # noqa: E402
 )
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Saved smoothing ranges go to this test's folder, not the user's cache."""
+    monkeypatch.setenv("CROSSRANK_CACHE_DIR", str(tmp_path / "crossrank-cache"))
+
+
 def _linear(in_features: int = 64, out_features: int = 48, seed: int = 0) -> torch.nn.Linear:
     torch.manual_seed(seed)
     return torch.nn.Linear(in_features, out_features)
@@ -306,3 +312,34 @@ def test_torch_int8_refuses_a_model_it_cannot_quantize(
     with pytest.raises(ConfigurationError, match="runtime='onnx'") as raised:
         backend.load()
     assert str(tiny_cross_encoder_path) in str(raised.value)
+
+
+def test_smoothing_ranges_are_saved_so_a_later_process_skips_the_sample_pass(
+    tiny_cross_encoder_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import crossrank.backends.local.token_int8 as token_int8
+
+    passes: list[int] = []
+    original = token_int8.activation_ranges
+
+    def counting(network: Any, batches: Any) -> Any:
+        passes.append(1)
+        return original(network, batches)
+
+    monkeypatch.setattr(token_int8, "activation_ranges", counting)
+
+    def fresh_process() -> list[float]:
+        backend = CrossEncoderBackend(
+            str(tiny_cross_encoder_path),
+            precision="int8",
+            runtime="torch",
+            compile=False,
+            cache_dir=tmp_path,
+            registry=ModelRegistry(),
+        )
+        return backend.score(QUERY, PASSAGES)
+
+    first = fresh_process()
+    assert passes == [1] and list((tmp_path / "int8-ranges").glob("*.pt"))
+    assert fresh_process() == first
+    assert passes == [1], "the second process read the saved ranges"

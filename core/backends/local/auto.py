@@ -10,7 +10,9 @@ dropped. The fast ones then score the fidelity sample, fastest first, until one 
 does), so auto is never slower than fp32 as measured here, and the slower candidates are
 never scored on the whole sample.
 
-The first start is bounded: the timed sample is :data:`SPEED_PAIRS` pairs, ONNX artifacts
+Timing interleaves the variants (A B C A B C ...) and keeps each one's best round, so load
+from other jobs hits them alike. The first start is bounded: the timed sample is
+:data:`SPEED_PAIRS` pairs, ONNX artifacts
 are built once per machine and cached, compiled kernels are cached by inductor, and the
 choice itself is remembered on disk under the CPU's features
 (:mod:`crossrank.backends.local.remembered`), so later processes, or a server after
@@ -129,14 +131,25 @@ def load_candidate(backend: CrossEncoderBackend, variant: Variant) -> CrossEncod
 
 
 def measure_throughput(backend: CrossEncoderBackend, queries: list[str], texts: list[str]) -> float:
-    """Pairs per second of ``backend`` on these pairs: one warm-up, then the best timed run."""
+    """Pairs per second of one timed run of ``backend`` on these pairs."""
+    started = time.perf_counter()
     backend.score_pairs(queries, texts)
-    best = float("inf")
-    for _ in range(SPEED_RUNS):
-        started = time.perf_counter()
+    return len(texts) / max(time.perf_counter() - started, 1e-9)
+
+
+def interleaved_speeds(
+    backends: dict[str, CrossEncoderBackend], queries: list[str], texts: list[str]
+) -> dict[str, float]:
+    """Each backend's best pairs/s over :data:`SPEED_RUNS` rounds, timed in turn (A B C A B
+    C ...) after one warm-up each, so load from other jobs drifting over the measurement
+    hits every variant alike instead of favouring whichever ran in a quiet moment."""
+    for backend in backends.values():
         backend.score_pairs(queries, texts)
-        best = min(best, time.perf_counter() - started)
-    return len(texts) / max(best, 1e-9)
+    best = dict.fromkeys(backends, 0.0)
+    for _ in range(SPEED_RUNS):
+        for label, backend in backends.items():
+            best[label] = max(best[label], measure_throughput(backend, queries, texts))
+    return best
 
 
 def measure_and_choose(
@@ -148,18 +161,24 @@ def measure_and_choose(
     pairs = [(query, text) for query, texts in sample for text in texts][:SPEED_PAIRS]
     timed_queries, timed_texts = [q for q, _ in pairs], [t for _, t in pairs]
     reference_backend = backend.sibling(FP32_TORCH)
-    reference_speed = measure_throughput(reference_backend, timed_queries, timed_texts)
     rows: list[Agreement] = []
-    fast: list[tuple[Variant, CrossEncoderBackend, float]] = []
+    loaded = {FP32_TORCH.label: reference_backend}
     for candidate in candidates:
         if candidate == FP32_TORCH:
             continue
         try:
-            sibling = load_candidate(backend, candidate)
-            speed = measure_throughput(sibling, timed_queries, timed_texts)
+            loaded[candidate.label] = load_candidate(backend, candidate)
+            loaded[candidate.label].score_pairs(timed_queries[:1], timed_texts[:1])
         except _CANDIDATE_FAILURES as exc:
+            loaded.pop(candidate.label, None)
             rows.append(_unchecked(candidate, f"unavailable: {exc}"))
+    speeds = interleaved_speeds(loaded, timed_queries, timed_texts)
+    reference_speed = speeds.pop(FP32_TORCH.label)
+    fast: list[tuple[Variant, CrossEncoderBackend, float]] = []
+    for candidate in candidates:
+        if candidate.label not in speeds:
             continue
+        sibling, speed = loaded[candidate.label], speeds[candidate.label]
         if speed / reference_speed < MIN_SPEEDUP:
             note = f"not faster than fp32 on this CPU (needs {MIN_SPEEDUP}x)"
             rows.append(_unchecked(candidate, note, speed, reference_speed))

@@ -57,7 +57,7 @@ def load_variant(
         sample, digest = int8_sample()
         cross_encoder, forward = registry.get_or_load(
             (*source.torch_key(device, "int8-token"), execution.compile, digest),
-            lambda: _load_token_int8(source, execution, device, sample),
+            lambda: _load_token_int8(source, execution, device, sample, digest),
         )
         _apply_torch_threads(execution)
         return LoadedVariant(
@@ -124,6 +124,7 @@ def _load_token_int8(
     execution: Execution,
     device: str,
     sample: list[tuple[str, Sequence[str]]],
+    sample_digest: str,
 ) -> tuple[Any, Any]:
     """A private fp32 copy of the model, its encoder quantized in place, then compiled.
 
@@ -132,10 +133,12 @@ def _load_token_int8(
     own state adds a few hundred MB: 460 MB of RSS for MiniLM in the benchmark). Smoothing
     factors come from activation ranges on the fidelity sample (the bundled demo by
     default): outlier channels belong to the model, not to the text, so a generic sample
-    finds them. Warm-up runs here, so compiling is paid at load, not by a request; inductor
-    caches the kernels on disk (``TORCHINDUCTOR_CACHE_DIR``), so the next process on this
-    machine, e.g. a server started after ``crossrank optimize``, compiles from that cache.
+    finds them. The ranges are saved (:mod:`~crossrank.backends.local.int8_ranges`), so a
+    later process skips that pass. Warm-up runs here, so compiling is paid at load, not by
+    a request; inductor caches the kernels on disk (``TORCHINDUCTOR_CACHE_DIR``), so the next
+    process on this machine, e.g. a server after ``crossrank optimize``, compiles from cache.
     """
+    from crossrank.backends.local.int8_ranges import cached_ranges
     from crossrank.backends.local.token_int8 import (
         CompiledForward,
         activation_ranges,
@@ -159,7 +162,10 @@ def _load_token_int8(
             chunk = np.arange(first, min(first + 16, start + len(texts)))
             batches.append(torch_features(torch, *pad(encoded, chunk, tokenizer.pad_token_id or 0)))
         start += len(texts)
-    if not quantize_encoder(model, activation_ranges(model, batches)):
+    ranges = cached_ranges(
+        source, execution, sample_digest, lambda: activation_ranges(model, batches)
+    )
+    if not quantize_encoder(model, ranges):
         # Serving it would be fp32 under an int8 label (and pass any fidelity gate).
         raise ConfigurationError(
             f"precision='int8' with runtime='torch' found no linear layers under an "
