@@ -12,6 +12,7 @@ reranked head. Under load calls get slower, the model learns that, and depth shr
 
 from __future__ import annotations
 
+import statistics
 import threading
 from collections import deque
 from collections.abc import Sequence
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 
 #: Observations each model keeps; old ones fall out, so it follows a changing load.
 HISTORY = 64
+#: A call this many times slower or faster than predicted means the load changed.
+SHIFT = 3.0
 #: Pairs per backend call while a budget applies, when the backend names no batch size.
 DEFAULT_CHUNK = 16
 
@@ -42,19 +45,45 @@ class CostModel:
     """Predicts the milliseconds of one backend call from its characters; thread-safe.
 
     A least-squares line through recent (characters, milliseconds) observations, with a
-    non-negative per-call intercept; with too little spread in sizes it falls back to a
-    plain ratio. Until it has seen a call it predicts nothing, and the engine then scores
-    chunk by chunk, learning from the first.
+    non-negative per-call intercept; with too little spread in sizes it falls back to the
+    median ratio, which one slow outlier cannot move. Until it has seen a call it predicts
+    nothing, and the engine then scores chunk by chunk, learning from the first.
+
+    Three ways it could go stale are closed: the very first call is not learned from (it pays
+    once for lazy loading and kernel warm-up); a call three times off the prediction starts
+    the history over (the load changed); and each call the model turns away entirely
+    relaxes its estimate a little (:meth:`relax`), so after a few a chunk is tried again and a
+    machine that got faster is noticed.
     """
 
     def __init__(self, history: int = HISTORY) -> None:
         self._observations: deque[tuple[float, float]] = deque(maxlen=history)
         self._lock = threading.Lock()
+        self._first_seen = False
+        self._optimism = 1.0
 
     def observe(self, characters: int, milliseconds: float) -> None:
-        if characters > 0 and milliseconds >= 0:
-            with self._lock:
-                self._observations.append((float(characters), float(milliseconds)))
+        if characters <= 0 or milliseconds < 0:
+            return
+        with self._lock:
+            if not self._first_seen:
+                self._first_seen = True
+                return
+        expected = self._expected(characters)
+        with self._lock:
+            if expected and not 1 / SHIFT < milliseconds / expected < SHIFT:
+                self._observations.clear()  # the machine's load changed: start over from here
+            self._observations.append((float(characters), float(milliseconds)))
+            self._optimism = 1.0
+
+    def _expected(self, characters: int) -> float | None:
+        fitted = self.coefficients()
+        return None if fitted is None else fitted[0] + fitted[1] * characters
+
+    def relax(self) -> None:
+        """A call got nothing scored: trust the estimate a little less (down to a tenth)."""
+        with self._lock:
+            self._optimism = max(0.1, self._optimism * 0.8)
 
     @property
     def ready(self) -> bool:
@@ -75,7 +104,7 @@ class CostModel:
             intercept = mean_y - slope * mean_x
             if slope > 0 and intercept >= 0:
                 return intercept, slope
-        return 0.0, mean_y / mean_x
+        return 0.0, statistics.median(y / x for x, y in points)
 
     def predict(self, chunk_characters: Sequence[int]) -> float | None:
         """Milliseconds for one call per chunk of the given sizes."""
@@ -83,7 +112,9 @@ class CostModel:
         if fitted is None:
             return None
         per_call, per_character = fitted
-        return sum(per_call + per_character * size for size in chunk_characters)
+        with self._lock:
+            optimism = self._optimism
+        return optimism * sum(per_call + per_character * size for size in chunk_characters)
 
 
 _MODELS: dict[tuple[str, str], CostModel] = {}
