@@ -165,6 +165,14 @@ def test_optimize_of_a_model_it_cannot_load_fails_naming_it(tmp_path: Path, caps
     assert "no-such/model" in capsys.readouterr().out
 
 
+def test_auto_never_offers_torch_int8_without_vnni() -> None:
+    """On an AVX2-only EPYC torch int8 ran 21x slower than fp32 (issue 23)."""
+    from crossrank.backends.local.variants import TORCH_INT8, auto_candidates
+
+    assert TORCH_INT8 not in auto_candidates("cpu", flags=AVX2_ONLY)
+    assert auto_candidates("cpu", flags=AVX2_ONLY)[-1].label == "torch-fp32"
+
+
 def test_cpu_flags_are_read_from_cpuinfo_text() -> None:
     text = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni\nbugs\t\t: none\n"
     flags = cpu.parse_cpuinfo(text)

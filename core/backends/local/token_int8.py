@@ -119,12 +119,21 @@ class TokenInt8Linear(_Module):
 
 
 def int8_matmul_available() -> bool:
-    """True when this torch has a CPU int8 x int8 -> int32 matmul (``torch._int_mm``)."""
+    """True when this torch has an exact CPU int8 x int8 -> int32 matmul (``torch._int_mm``).
+
+    Exact matters: without VNNI, oneDNN's AVX2 kernels multiply through 16-bit sums that
+    saturate, so a product of 127s came out as 4080 instead of 516128 (found by capping
+    oneDNN at AVX2 with ``ONEDNN_MAX_CPU_ISA``). The probe uses full-scale values to see it.
+    """
     if not hasattr(torch, "_int_mm"):
         return False
     try:
-        probe = torch.ones(32, 32, dtype=torch.int8)
-        return bool(torch._int_mm(probe, probe)[0, 0].item() == 32)
+        ones = torch.ones(32, 32, dtype=torch.int8)
+        full = torch.full((32, 32), 127, dtype=torch.int8)
+        return bool(
+            torch._int_mm(ones, ones)[0, 0].item() == 32
+            and torch._int_mm(full, -full)[0, 0].item() == -127 * 127 * 32
+        )
     except (RuntimeError, NotImplementedError):
         return False
 

@@ -96,8 +96,9 @@ def parse_variant(
                 )
             if check_hardware and not torch_int8_supported():
                 raise ConfigurationError(
-                    "precision 'int8' with runtime='torch' needs a torch with a CPU int8 "
-                    "matmul (torch._int_mm); use runtime='onnx'"
+                    "precision 'int8' with runtime='torch' needs an exact CPU int8 matmul "
+                    "(torch._int_mm with VNNI or AMX; on AVX2 alone its sums saturate); "
+                    "use runtime='onnx'"
                 )
             return TORCH_INT8
         quantization = "dynamic" if name == "int8" else "dynamic-mixed"
@@ -122,7 +123,7 @@ def parse_variant(
 
 @functools.lru_cache(maxsize=1)
 def torch_int8_supported() -> bool:
-    """True when torch can multiply int8 matrices on this CPU (``torch._int_mm``)."""
+    """True when torch multiplies int8 matrices exactly on this CPU (``torch._int_mm``)."""
     try:
         from crossrank.backends.local.token_int8 import int8_matmul_available
     except ImportError:
