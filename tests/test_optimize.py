@@ -146,6 +146,7 @@ def test_optimize_builds_everything_so_a_server_only_loads_files(
     printed = capsys.readouterr().out
     assert "choice recorded:" in printed and "CPU: " in printed
     assert len(list((output / "onnx").glob("*/model.onnx"))) == 3
+    assert len(list((output / "onnx").glob("*/tokenizer.json"))) == 3, "onnx-lite can read them"
     assert len(list((output / "auto-precision").glob("*.json"))) == 1
     builds = dict(onnx_export.build_counts)
 

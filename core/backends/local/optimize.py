@@ -2,9 +2,10 @@
 
 A server should not export, quantize, compile and time variants while its first request
 waits (18 minutes on a shared AVX2 VM before auto learned to measure). This command does it
-once per machine class: it builds the ONNX fp32, int8 and mixed int8 artifacts, lets auto
-measure and choose on this CPU, and records the choice under the CPU's features in the
-output folder. A process that then creates ``CrossEncoderBackend(MODEL, precision="auto",
+once per machine class: it builds the ONNX fp32, int8 and mixed int8 artifacts (with the
+tokenizer files the torch-free ``onnx-lite`` backend reads), lets auto measure and choose
+on this CPU, and records the choice under the CPU's features in the output folder. A
+process that then creates ``CrossEncoderBackend(MODEL, precision="auto",
 cache_dir=OUTPUT)`` on a CPU with the same features only loads files; on another class of
 CPU the record does not apply and it chooses afresh (run ``optimize`` there too).
 
@@ -39,6 +40,8 @@ class OptimizeReport:
     record: str | None
     #: Seconds a fresh registry in this process took to load the chosen variant from files.
     warm_start_s: float
+    #: Why the onnx-lite files could not be written (``None``: every artifact has them).
+    lite_error: str | None = None
 
 
 def optimize(
@@ -52,25 +55,33 @@ def optimize(
 
     ``options`` are the backend's (``revision``, ``max_length``, ``compile`` ...).
     """
+    from crossrank.backends.lite_artifact import write_lite_files
     from crossrank.backends.local.backend import CrossEncoderBackend
     from crossrank.backends.local.onnx_export import cache_root, ensure_artifact
+    from crossrank.errors import ConfigurationError
     from crossrank.registry import ModelRegistry
 
     root = cache_root(cache_dir)
     common = {"device": "cpu", "cache_dir": root, "fidelity_sample": fidelity_sample, **options}
+    loading = {
+        name: options[name]
+        for name in ("revision", "max_length", "trust_remote_code", "local_files_only")
+        if name in options
+    }
     artifacts = []
+    lite_error = None
     for quantization in QUANTIZATIONS:
         artifact = ensure_artifact(
-            model,
-            quantization=quantization,
-            cache_dir=root,
-            revision=options.get("revision"),
-            opset=options.get("opset", 17),
-            max_length=options.get("max_length"),
-            trust_remote_code=options.get("trust_remote_code", False),
-            local_files_only=options.get("local_files_only", False),
-        )
+            model, quantization=quantization, cache_dir=root, opset=options.get("opset", 17),
+            **loading,
+        )  # fmt: skip
         artifacts.append(artifact.path)
+        try:  # tokenizer.json and settings, for the torch-free onnx-lite backend
+            write_lite_files(
+                artifact.path.parent, model, label_index=options.get("label_index"), **loading
+            )
+        except ConfigurationError as exc:
+            lite_error = str(exc)
     chooser = CrossEncoderBackend(model, precision="auto", registry=ModelRegistry(), **common)
     chooser.load()
     assert chooser.selection is not None
@@ -79,7 +90,9 @@ def optimize(
     server.load()
     warm_start_s = time.perf_counter() - started
     record = server.selection.remembered_from if server.selection is not None else None
-    return OptimizeReport(model, root, artifacts, chooser.selection, record, warm_start_s)
+    return OptimizeReport(
+        model, root, artifacts, chooser.selection, record, warm_start_s, lite_error
+    )
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -131,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"CPU: {feature_key()}")
     for path in report.artifacts:
         print(f"artifact: {path}")
+    if report.lite_error is not None:
+        print(f"no onnx-lite files: {report.lite_error}")
     print(report.selection.describe())
     if report.record is None:
         print(
