@@ -162,3 +162,20 @@ def test_micro_batched_backend_matches_direct_scoring(tiny_cross_encoder_path: P
     batcher = batched.micro_batcher
     assert batcher is not None and batcher.groups_run < 2 * len(queries)
     batched.close()
+
+
+def test_backend_with_conveniences_pickles_after_use(tiny_cross_encoder_path: Path) -> None:
+    import pickle
+
+    backend = CrossEncoderBackend(
+        str(tiny_cross_encoder_path),
+        score_cache_size=10,
+        micro_batch=True,
+        registry=ModelRegistry(),
+    )
+    expected = backend.score(QUERY, PASSAGES)  # the worker thread and cache now exist
+    restored = pickle.loads(pickle.dumps(backend))
+    assert restored.score(QUERY, PASSAGES) == expected
+    assert restored.score_cache is not None and restored.micro_batcher is not None
+    restored.close()
+    backend.close()
