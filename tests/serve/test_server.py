@@ -307,3 +307,23 @@ def test_opentelemetry_spans_per_stage() -> None:
     assert {"crossrank.rerank", "crossrank.validate", "crossrank.score"} <= names
     parent = next(s for s in exporter.get_finished_spans() if s.name == "crossrank.rerank")
     assert parent.attributes["crossrank.status"] == "reranked"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"query": "q", "documents": ["a \\ud800 b", "c"], "texts": ["a \\ud800 b"]}',
+        b'{"query": "q\\udfff", "documents": ["a"], "texts": ["a"]}',
+        b"[" * 2000 + b"]" * 2000,
+        b'{"query": "q", "documents": ["a"], "texts": ["a"], "top_n": 1e400}',
+        b'{"query": "q", "documents": ["a"], "texts": ["a"], "first_stage_scores": [NaN]}',
+        b'{"query": "q", "documents": [], "texts": []}',
+        b"\xff\xfe\x00",
+    ],
+)
+@pytest.mark.parametrize("path", ["/v2/rerank", "/rerank"])
+def test_nasty_bodies_get_4xx_or_200(
+    keyword_server: BackgroundServer, body: bytes, path: str
+) -> None:
+    response = httpx.post(f"{keyword_server.url}{path}", content=body)
+    assert response.status_code == 200 or 400 <= response.status_code < 500, response.text
