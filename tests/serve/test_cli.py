@@ -70,3 +70,51 @@ def test_cli_server_answers_the_cohere_sdk_and_drains_on_sigterm(
         if process.poll() is None:
             process.kill()
             process.wait(10)
+
+
+@pytest.mark.slow
+def test_cli_ray_serve_answers_the_cohere_sdk(tmp_path: Path) -> None:
+    """``crossrank serve --ray``: a local Ray cluster, one replica, stopped by Ctrl-C."""
+    cohere = pytest.importorskip("cohere")
+    pytest.importorskip("ray.serve")
+    config = tmp_path / "keyword.json"
+    config.write_text('{"backend": "tests.support.backends:KeywordBackend"}', encoding="utf-8")
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "crossrank.cli",
+        "serve",
+        "--config",
+        str(config),
+        "--ray",
+        "--replicas",
+        "1",
+        "--num-cpus",
+        "0.5",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+    repo = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, PYTHONPATH=repo, RAY_ACCEPT_LOCAL_CLUSTER="1")
+    process = subprocess.Popen(
+        command, env=env, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url, timeout_s=180)
+        client = cohere.ClientV2(api_key="unused", base_url=url)
+        response = client.rerank(model="keyword", query=QUERY, documents=DOCUMENTS)
+        expected = build_reranker({"backend": "tests.support.backends:KeywordBackend"}).rerank(
+            QUERY, DOCUMENTS
+        )
+        assert [item.index for item in response.results] == [item.input_index for item in expected]
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=120)
+        assert process.returncode == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
