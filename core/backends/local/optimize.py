@@ -4,7 +4,8 @@ A server should not export, quantize, compile and time variants while its first 
 waits (18 minutes on a shared AVX2 VM before auto learned to measure). This command does it
 once per machine class: it builds the ONNX fp32, int8 and mixed int8 artifacts (with the
 tokenizer files the torch-free ``onnx-lite`` backend reads), lets auto measure and choose
-on this CPU, and records the choice under the CPU's features in the output folder. A
+on this CPU (converting and compiling the OpenVINO variants too when ``openvino`` is
+installed), and records the choice under the CPU's features in the output folder. A
 process that then creates ``CrossEncoderBackend(MODEL, precision="auto",
 cache_dir=OUTPUT)`` on a CPU with the same features only loads files; on another class of
 CPU the record does not apply and it chooses afresh (run ``optimize`` there too).
@@ -58,6 +59,7 @@ def optimize(
     from crossrank.backends.lite_artifact import write_lite_files
     from crossrank.backends.local.backend import CrossEncoderBackend
     from crossrank.backends.local.onnx_export import cache_root, ensure_artifact
+    from crossrank.backends.local.openvino_runtime import openvino_available
     from crossrank.errors import ConfigurationError
     from crossrank.registry import ModelRegistry
 
@@ -85,6 +87,9 @@ def optimize(
     chooser = CrossEncoderBackend(model, precision="auto", registry=ModelRegistry(), **common)
     chooser.load()
     assert chooser.selection is not None
+    if openvino_available():  # auto converted and compiled them above, as candidates
+        fp32_key = artifacts[0].parent.name
+        artifacts.extend(sorted((root / "openvino").glob(f"{fp32_key}-ov-*/model.xml")))
     started = time.perf_counter()
     server = CrossEncoderBackend(model, precision="auto", registry=ModelRegistry(), **common)
     server.load()

@@ -1,4 +1,5 @@
-"""Loading one variant (torch fp32 / bf16 / fp16, torch int8, ONNX fp32 / int8) as a runner.
+"""Loading one variant (torch fp32 / bf16 / fp16, torch int8, ONNX fp32 / int8, OpenVINO) as a
+runner.
 
 Each variant comes back as a :class:`LoadedVariant`: the shared model object, a runner that
 turns padded token arrays into logits, and the tokenizer. Models live in the registry, keyed
@@ -29,6 +30,8 @@ from crossrank.errors import ConfigurationError
 from crossrank.registry import ModelRegistry
 
 _torch_threads_lock = threading.Lock()
+#: Pairs NNCF calibrates OpenVINO int8 on (spread over the fidelity sample).
+_OPENVINO_CALIBRATION_PAIRS = 384
 
 
 @dataclass(frozen=True)
@@ -79,9 +82,14 @@ def load_variant(
     from crossrank.backends.local.onnx_export import ensure_artifact
     from crossrank.backends.local.onnx_runtime import load_session
 
+    if variant.runtime == "openvino":
+        from crossrank.backends.local.openvino_runtime import require_openvino
+
+        require_openvino()  # a missing package is named before a minute-long export
     artifact = ensure_artifact(
         source.model,
-        quantization=variant.quantization,
+        # OpenVINO converts (and NNCF quantizes) the fp32 export itself.
+        quantization=None if variant.runtime == "openvino" else variant.quantization,
         cache_dir=execution.cache_dir,
         revision=source.revision,
         opset=execution.opset,
@@ -89,12 +97,63 @@ def load_variant(
         trust_remote_code=source.trust_remote_code,
         local_files_only=source.local_files_only,
     )
-    session = load_session(registry, artifact, num_threads=execution.num_threads)
     tokenizer = registry.get_or_load(
         ("cross-encoder-tokenizer", source.model, source.revision, source.max_length),
         lambda: load_tokenizer(source),
     )
+    if variant.runtime == "openvino":
+        compiled = _load_openvino(variant, artifact, source, execution, registry, tokenizer,
+                                  int8_sample)  # fmt: skip
+        return LoadedVariant(compiled, compiled, tokenizer)
+    session = load_session(registry, artifact, num_threads=execution.num_threads)
     return LoadedVariant(session, session, tokenizer)
+
+
+def _load_openvino(
+    variant: Variant,
+    artifact: Any,
+    source: ModelSource,
+    execution: Execution,
+    registry: ModelRegistry,
+    tokenizer: Any,
+    int8_sample: Callable[[], tuple[list[tuple[str, Sequence[str]]], str]],
+) -> Any:
+    """The OpenVINO model converted from the fp32 ONNX ``artifact``; int8 is calibrated on
+    the same sample torch int8 smooths with (the fidelity sample), 16 pairs per batch."""
+    from crossrank.backends.local.openvino_runtime import load_openvino
+
+    digest: str | None = None
+    calibration: Callable[[], list[dict[str, np.ndarray]]] | None = None
+    if variant.precision == "int8":
+        sample, digest = int8_sample()
+
+        def batches() -> list[dict[str, np.ndarray]]:
+            pairs = [(query, text) for query, texts in sample for text in texts]
+            # Every query's pairs, thinned to at most about 384: NNCF's cost grows with them.
+            pairs = pairs[:: max(1, len(pairs) // _OPENVINO_CALIBRATION_PAIRS)]
+            encoded = encode_pairs(
+                tokenizer, [q for q, _ in pairs], [t for _, t in pairs],
+                max_length=input_limit(tokenizer, source.max_length),
+            )  # fmt: skip
+            out = []
+            for first in range(0, len(pairs), 16):
+                chunk = np.arange(first, min(first + 16, len(pairs)))
+                ids, mask, types = pad(encoded, chunk, tokenizer.pad_token_id or 0)
+                batch = {"input_ids": ids, "attention_mask": mask}
+                batch["token_type_ids"] = types if types is not None else np.zeros_like(ids)
+                out.append(batch)
+            return out
+
+        calibration = batches
+    return load_openvino(
+        registry,
+        artifact,
+        precision=variant.precision,
+        cache_dir=execution.cache_dir,
+        num_threads=execution.num_threads,
+        calibration=calibration,
+        calibration_digest=digest,
+    )
 
 
 def torch_runner(cross_encoder: Any, forward: Callable[..., Any] | None = None) -> Runner:

@@ -1,4 +1,5 @@
-"""Which numeric variant of a local cross-encoder runs: runtime (torch / ONNX Runtime) x precision.
+"""Which numeric variant of a local cross-encoder runs: runtime (torch / ONNX Runtime / OpenVINO)
+x precision.
 
 One switch (``precision=`` plus ``runtime=``) names a variant; this module turns the pair into
 a :class:`Variant`, checks that the hardware can run it, and lists the candidates
@@ -15,7 +16,7 @@ from crossrank.backends.local.cpu import cpu_flags, has_fast_int8, has_native_bf
 from crossrank.errors import ConfigurationError
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int8-mixed", "auto")
-RUNTIMES = ("torch", "onnx", "auto")
+RUNTIMES = ("torch", "onnx", "openvino", "auto")
 
 #: Aliases accepted for ``precision=`` (torch's dtype names mean the same precisions).
 _PRECISION_ALIASES = {
@@ -40,6 +41,8 @@ class Variant:
     projection and softmax) and each feed-forward block's down-projection, whose input (after
     GELU) has the outliers that make per-tensor activation scales coarse. On the trained
     MiniLM cross-encoder this lifted Kendall tau against fp32 from about 0.89 to about 0.94.
+    ``"nncf"`` (OpenVINO) is NNCF's post-training int8 for transformers: SmoothQuant, static
+    activation scales calibrated on the fidelity sample, softmax and LayerNorm left in float.
     """
 
     runtime: str
@@ -56,6 +59,7 @@ class Variant:
 
 FP32_TORCH = Variant("torch", "fp32")
 TORCH_INT8 = Variant("torch", "int8", "token")
+OPENVINO_INT8 = Variant("openvino", "int8", "nncf")
 
 
 def canonical_precision(precision: str) -> str:
@@ -85,6 +89,8 @@ def parse_variant(
     if runtime not in RUNTIMES:
         raise ConfigurationError(f"unknown runtime {runtime!r}; expected one of {list(RUNTIMES)}")
     on_gpu = device.startswith(("cuda", "mps"))
+    if runtime == "openvino":
+        return _openvino_variant(name, precision, device, check_hardware=check_hardware)
     if name.startswith("int8"):
         if on_gpu:
             raise ConfigurationError(f"precision {precision!r} runs on CPU only, not {device!r}")
@@ -121,6 +127,25 @@ def parse_variant(
     return Variant(resolved_runtime, name)
 
 
+def _openvino_variant(name: str, precision: str, device: str, *, check_hardware: bool) -> Variant:
+    """OpenVINO runs fp32, bf16 (native bf16 only) and NNCF int8, on the CPU."""
+    if name not in ("fp32", "bf16", "int8"):
+        raise ConfigurationError(
+            f"precision {precision!r} is not available with runtime='openvino'; "
+            "use fp32, bf16 or int8"
+        )
+    if device.startswith(("cuda", "mps")):
+        raise ConfigurationError(f"runtime='openvino' runs on CPU only here, not {device!r}")
+    if name == "int8":
+        return OPENVINO_INT8
+    if name == "bf16" and check_hardware and not has_native_bf16():
+        raise ConfigurationError(
+            "precision 'bf16' needs a CPU with native bf16 (avx512_bf16 or AMX); this one has "
+            "neither, so it would run slower than fp32"
+        )
+    return Variant("openvino", name)
+
+
 @functools.lru_cache(maxsize=1)
 def torch_int8_supported() -> bool:
     """True when torch multiplies int8 matrices exactly on this CPU (``torch._int_mm``)."""
@@ -154,7 +179,8 @@ def auto_candidates(
     measures each one's speed where it runs and orders by that, so the list only decides who
     is loaded first. It leaves out what cannot be fast here: torch int8 without VNNI or AMX
     (``flags``, default this CPU's; on an AVX2-only EPYC it ran 21x slower than fp32) or
-    without compiling (eager, it runs behind bf16), and bf16 without native support. The
+    without compiling (eager, it runs behind bf16), and bf16 without native support.
+    OpenVINO's variants join when ``openvino`` is installed (int8 also needs ``nncf``). The
     fp32 torch reference ends the list.
     """
     if device.startswith(("cuda", "mps")):
@@ -167,8 +193,28 @@ def auto_candidates(
     if cpu_supports_bf16() and (flags is None or has_native_bf16(present)):
         candidates.append(Variant("torch", "bf16"))
     candidates.append(Variant("onnx", "fp32"))
+    candidates.extend(_openvino_candidates(present))
     candidates.append(FP32_TORCH)
     return candidates
+
+
+def _openvino_candidates(flags: frozenset[str]) -> list[Variant]:
+    """OpenVINO int8 (with NNCF installed), bf16 (native bf16 only) and fp32, when installed.
+
+    int8 is listed without VNNI too: OpenVINO's kernels differ from torch's, and auto times
+    every candidate here, so a slow one is dropped unscored.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        return []
+    listed = []
+    if importlib.util.find_spec("nncf") is not None:
+        listed.append(OPENVINO_INT8)
+    if has_native_bf16(flags):
+        listed.append(Variant("openvino", "bf16"))
+    listed.append(Variant("openvino", "fp32"))
+    return listed
 
 
 def variant_from_label(label: str) -> Variant:
