@@ -104,6 +104,11 @@ def test_fp32_scores_equal_the_torch_backend(
         expected = np.array(reference.score(query, PASSAGES))
         assert np.ptp(expected) > 0.1, "the scaled head spreads scores"
         np.testing.assert_allclose(backend.score(query, PASSAGES), expected, atol=1e-4, rtol=0)
+    # pairs beyond the 128-token input: truncated longest-first, the query too when it is long
+    long_query = " ".join(QUERIES * 20)
+    for query, texts in ((QUERIES[0], [LONG_PASSAGE, PASSAGES[1]]), (long_query, PASSAGES[:3])):
+        expected = np.array(reference.score(query, texts))
+        np.testing.assert_allclose(backend.score(query, texts), expected, atol=1e-4, rtol=0)
 
 
 def test_int8_scores_equal_the_onnx_int8_variant(
