@@ -291,3 +291,14 @@ def test_bad_options_are_named(artifacts: dict[str, Any], option: str, value: An
         OnnxLiteBackend(artifacts["fp32"], **{option: value})
     with pytest.raises(ConfigurationError, match="label_index"):
         OnnxLiteBackend(artifacts["fp32"], label_index="relevant")
+
+
+def test_a_reranker_on_a_missing_artifact_keeps_first_stage_order_unless_strict(
+    tmp_path: Path,
+) -> None:
+    missing = tmp_path / "not-built"
+    result = Reranker("onnx-lite", model=str(missing)).rerank(QUERIES[0], PASSAGES[:3])
+    assert result.report.status == "fallback" and str(missing) in (result.report.error or "")
+    assert [item.text for item in result] == PASSAGES[:3]
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        Reranker("onnx-lite", model=str(missing), strict=True).rerank(QUERIES[0], PASSAGES[:3])
