@@ -98,20 +98,20 @@ def run_ray_serve(
     serve = _import_serve()
     ray.init(address=address)
     serve.start(http_options={"host": host, "port": port})
-    serve.run(
-        build_deployment(
-            config,
-            settings,
-            replicas=replicas,
-            autoscaling=autoscaling,
-            num_cpus=num_cpus,
-            api_key_file=api_key_file,
-        ),
-        name=APP_NAME,
-        route_prefix="/",
-    )
-    logger.info("crossrank serve: Ray Serve deployment on http://%s:%d", host, port)
-    try:
+    try:  # Ctrl-C may come while deploying too: shut Serve down either way
+        serve.run(
+            build_deployment(
+                config,
+                settings,
+                replicas=replicas,
+                autoscaling=autoscaling,
+                num_cpus=num_cpus,
+                api_key_file=api_key_file,
+            ),
+            name=APP_NAME,
+            route_prefix="/",
+        )
+        logger.info("crossrank serve: Ray Serve deployment on http://%s:%d", host, port)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
