@@ -14,11 +14,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from crossrank.config import RerankerConfig
 from crossrank.engine import Reranker
 from crossrank.errors import ConfigurationError
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config``, ``--backend``, ``--model`` and a repeatable ``--option KEY=VALUE``.
+
+    Options are not re-declared here: ``--option`` takes any engine option
+    (``top_n=5``, ``selective=margin:0.3``, ``latency_budget_ms=200``) or backend option
+    (``micro_batch=true``, ``num_threads=1``), sorted the way ``Reranker(**options)`` sorts them.
+    """
     group = parser.add_argument_group("engine (a config file, options, or both)")
     group.add_argument("--config", default=None, help="reranker config JSON (tune-selective --out)")
     group.add_argument("--backend", default=None, help="backend name, e.g. cross-encoder, cohere")
@@ -28,20 +35,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a backend option (VALUE read as JSON when it parses, else as a string); repeatable",
-    )
-    group.add_argument("--top-n", type=int, default=None, help="keep at most N results")
-    group.add_argument("--normalization", default=None, help="softmax, sigmoid, minmax or none")
-    group.add_argument("--selective", default=None, help="selective policy spec, e.g. margin:0.3")
-    group.add_argument("--blend", default=None, help="blend spec, e.g. rrf")
-    group.add_argument(
-        "--strict", action="store_true", default=None, help="fail instead of falling back"
-    )
-    group.add_argument(
-        "--micro-batch",
-        action="store_true",
-        default=None,
-        help="coalesce concurrent requests into shared forward passes (cross-encoder backend)",
+        help="any engine or backend option (VALUE read as JSON when it parses, else as a "
+        "string), e.g. top_n=5, micro_batch=true; repeatable",
     )
 
 
@@ -67,19 +62,17 @@ def engine_config(args: argparse.Namespace) -> dict[str, Any]:
             raise ConfigurationError(f"config file {str(path)!r} must hold a JSON object")
         config.update(loaded)
     backend_options = dict(config.get("backend_options") or {})
-    for name in ("backend", "top_n", "normalization", "selective", "blend", "strict"):
-        value = getattr(args, name, None)
-        if value is not None:
-            config[name] = value
+    engine_options = set(RerankerConfig.engine_options())
+    if args.backend is not None:
+        config["backend"] = args.backend
     if args.model is not None:
         backend_options["model"] = args.model
     for item in args.option:
         key, separator, value = item.partition("=")
         if not separator or not key.strip():
             raise ConfigurationError(f"--option expects KEY=VALUE, got {item!r}")
-        backend_options[key.strip()] = _option_value(value)
-    if args.micro_batch:
-        backend_options["micro_batch"] = True
+        name = key.strip()
+        (config if name in engine_options else backend_options)[name] = _option_value(value)
     config["backend_options"] = backend_options
     return config
 
