@@ -188,7 +188,6 @@ class LlmBackend(HttpRerankBackend):
     """
 
     provider = CHAT_COMPLETIONS
-    secret_options: ClassVar[tuple[str, ...]] = ("api_key",)
     #: One query's windows must be ranked in one call: the engine never splits them.
     returns_ranks: ClassVar[bool] = True
 
