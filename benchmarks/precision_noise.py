@@ -116,6 +116,16 @@ class Judged:
             total += float(np.sum(gains[top] * DISCOUNTS[: len(top)])) / ideal
         return total / (len(self.query_ids) + self.empty)
 
+    def per_query_ndcg(self, scores: list[np.ndarray]) -> dict[str, float]:
+        """nDCG@10 per judged query (queries without candidates count as 0)."""
+        values = {f"empty{index}": 0.0 for index in range(self.empty)}
+        for query_id, gains, ideal, row in zip(
+            self.query_ids, self.gains, self.ideal, scores, strict=True
+        ):
+            top = np.argsort(-row, kind="stable")[:CUTOFF]
+            values[query_id] = float(np.sum(gains[top] * DISCOUNTS[: len(top)])) / ideal
+        return values
+
     def residuals(self, variant: str) -> np.ndarray:
         """The variant's errors against fp32, centred per query."""
         parts = []
@@ -157,6 +167,7 @@ def _perturbed(
 
 def analyse(scored: Scores, variants: list[str], *, draws: int, seed: int) -> None:
     from crossrank.eval.beir import load_beir
+    from crossrank.eval.fidelity_rule import judge_fidelity
 
     collections = []
     for name, entry in scored.items():
@@ -182,6 +193,11 @@ def analyse(scored: Scores, variants: list[str], *, draws: int, seed: int) -> No
                 f"| {c.name} | {len(c.query_ids) + c.empty} | {delta:+.4f} | "
                 f"{c.near_tie_share(spread):.0%} |"
             )
+        verdict = judge_fidelity(
+            {c.name: c.per_query_ndcg(c.scores["torch-fp32"]) for c in collections},
+            {c.name: c.per_query_ndcg(c.scores[variant]) for c in collections},
+        )
+        print(f"\nThe fidelity rule (crossrank.eval.fidelity_rule):\n{verdict.table()}")
         print(
             f"\nReplayed error ({draws} draws per factor): share of draws with every "
             f"collection within {NDCG_TOLERANCE}, and the worst collection's |delta|"
