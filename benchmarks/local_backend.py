@@ -28,6 +28,8 @@ Run::
     python benchmarks/local_backend.py                        # full run (minutes)
     python benchmarks/local_backend.py --repeats 5 --ndcg-queries 0   # speed only
     python benchmarks/local_backend.py --variants torch-fp32 onnx-int8
+    python benchmarks/local_backend.py --variants torch-fp32 onnx-fp32 openvino-fp32 \
+        openvino-bf16 openvino-int8 --repeats 5 --ndcg-queries 0 --no-first-start  # OpenVINO
     python benchmarks/local_backend.py --ndcg-queries all     # nDCG over every judged query
     python benchmarks/local_backend.py --no-first-start       # skip the fresh-process starts
 """
@@ -59,6 +61,10 @@ VARIANTS = {
     "torch-int8": {"precision": "int8", "runtime": "torch"},
     "onnx-int8": {"precision": "int8", "runtime": "onnx"},
     "onnx-int8-mixed": {"precision": "int8-mixed", "runtime": "onnx"},
+    # crossrank[openvino]; skipped (with the reason) where it is not installed
+    "openvino-fp32": {"precision": "fp32", "runtime": "openvino"},
+    "openvino-bf16": {"precision": "bf16", "runtime": "openvino"},
+    "openvino-int8": {"precision": "int8", "runtime": "openvino"},
     "auto": {"precision": "auto"},
 }
 FIRST_STAGE_DEPTH = 30

@@ -246,6 +246,19 @@ def test_openvino_int8_keeps_the_ranking(spread_model: Path, tmp_path: Path) -> 
     assert backend.variant == OPENVINO_INT8
     assert "-ov-int8-" in backend.load().artifact.key
     assert_ranking_kept(scores, spread_model, tolerance=0.1)
+    # Quantized, except the feed-forward down-projections (their inputs carry the outliers).
+    import openvino
+
+    graph = openvino.Core().read_model(str(backend.load().artifact.path))
+    matmuls = [op for op in graph.get_ops() if op.get_type_name() == "MatMul"]
+
+    def quantized(op: Any) -> bool:
+        return op.input_value(0).get_node().get_type_name() == "FakeQuantize"
+
+    down = [op for op in matmuls if "/output/dense/" in op.get_friendly_name()
+            and "/attention/" not in op.get_friendly_name()]  # fmt: skip
+    assert len(down) == 2 and not any(quantized(op) for op in down)
+    assert any(quantized(op) for op in matmuls), "the other linear layers are int8"
 
 
 def test_auto_times_and_checks_openvino_candidates_and_remembers(
