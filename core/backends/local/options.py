@@ -30,7 +30,7 @@ GPU_TOKEN_BUDGET = 16384
 #: Options that no longer exist, with what to write instead (a clear error beats a TypeError).
 REMOVED_OPTIONS = {
     "dtype": "dtype= was removed: pass precision= ('fp32', 'bf16', 'fp16', 'int8', "
-    "'int8-mixed' or 'auto') and, if needed, runtime= ('torch' or 'onnx')",
+    "'int8-mixed' or 'auto') and, if needed, runtime= ('torch', 'onnx' or 'openvino')",
     "calibration": "calibration= was renamed fidelity_sample= (the (query, texts) sample "
     "precision='auto' checks rankings on); 'calibration' means score calibration only",
 }
