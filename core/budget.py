@@ -24,6 +24,8 @@ HISTORY = 64
 SHIFT = 3.0
 #: Pairs per backend call while a budget applies, when the backend names no batch size.
 DEFAULT_CHUNK = 16
+#: A chunk is sized to at most this share of the budget.
+CHUNK_SHARE = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,8 +141,41 @@ def chunk_size_of(backend: object) -> int:
     return DEFAULT_CHUNK
 
 
+def chunk_size_for(model: CostModel, mean_characters: float, target_ms: float, cap: int) -> int:
+    """The most pairs (1 to ``cap``) one call can take and still be predicted within target.
+
+    Chunks a fraction of the budget long keep the deadline check fine-grained: with a whole
+    batch per call, a budget shorter than one batch could never be used at all.
+    """
+    size = 1
+    for candidate in range(2, cap + 1):
+        predicted = model.predict([round(candidate * mean_characters)])
+        if predicted is None or predicted > target_ms:
+            break
+        size = candidate
+    return size
+
+
 def chunks(count: int, size: int) -> list[range]:
     return [range(start, min(start + size, count)) for start in range(0, count, size)]
 
 
-__all__ = ["BudgetOutcome", "CostModel", "chunk_size_of", "chunks", "cost_model_for"]
+def growing_chunks(count: int, cap: int) -> list[range]:
+    """1, 2, 4... pairs up to ``cap``: a cold model learns per-call and per-pair cost apart."""
+    ranges: list[range] = []
+    start, size = 0, 1
+    while start < count:
+        ranges.append(range(start, min(start + size, count)))
+        start, size = start + size, min(size * 2, cap)
+    return ranges
+
+
+__all__ = [
+    "BudgetOutcome",
+    "CostModel",
+    "chunk_size_for",
+    "chunk_size_of",
+    "chunks",
+    "cost_model_for",
+    "growing_chunks",
+]

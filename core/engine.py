@@ -22,7 +22,15 @@ import numpy as np
 from crossrank.backends import create_backend
 from crossrank.backends.base import Backend, Ranking, TokenWindowing, scores_from_ranks
 from crossrank.blend import parse_blend
-from crossrank.budget import BudgetOutcome, chunk_size_of, chunks, cost_model_for
+from crossrank.budget import (
+    CHUNK_SHARE,
+    BudgetOutcome,
+    chunk_size_for,
+    chunk_size_of,
+    chunks,
+    cost_model_for,
+    growing_chunks,
+)
 from crossrank.config import RerankerConfig
 from crossrank.errors import BackendError, BackendResponseError, ConfigurationError, CrossrankError
 from crossrank.log_limit import WarningThrottle
@@ -76,6 +84,8 @@ class _Call:
     deadline_hit: bool = False
     predicted_ms: float | None = None
     windows_scored: int = 0
+    chunk_size: int | None = None
+    cold: bool = False
 
     def lap(self, stage: str, since: float) -> float:
         now = time.perf_counter()
@@ -398,11 +408,18 @@ class Reranker:
             return len(call.kept)
         call.deadline = call.started + call.budget_ms / 1000.0
         model = cost_model_for(self.backend)
-        if not model.ready or getattr(self.backend, "returns_ranks", False):
-            return len(call.kept)  # nothing learned yet: plan all, score chunk by chunk
-        size = chunk_size_of(self.backend)
+        cap = chunk_size_of(self.backend)
+        if getattr(self.backend, "returns_ranks", False):
+            return len(call.kept)
+        if not model.ready:  # nothing learned yet: growing steps, each one teaching the model
+            call.cold = True
+            return len(call.kept)
         remaining_ms = (call.deadline - time.perf_counter()) * 1000.0
         lengths = [len(call.query) + len(candidate.text) for candidate in call.kept]
+        size = chunk_size_for(
+            model, sum(lengths) / len(lengths), call.budget_ms * CHUNK_SHARE, cap
+        )
+        call.chunk_size = size
         depth = 0
         for chunk in chunks(len(lengths), size):
             planned = [sum(lengths[index] for index in part) for part in chunks(chunk.stop, size)]
@@ -421,8 +438,11 @@ class Reranker:
             return [range(count)]
         # A listwise backend ranks what it is given together: its ranks split across calls
         # would not compare, so it gets one call for everything.
-        listwise = getattr(self.backend, "returns_ranks", False)
-        return chunks(count, count if listwise else chunk_size_of(self.backend))
+        if getattr(self.backend, "returns_ranks", False):
+            return [range(count)]
+        if call.cold:
+            return growing_chunks(count, chunk_size_of(self.backend))
+        return chunks(count, call.chunk_size or chunk_size_of(self.backend))
 
     def _time_for(self, call: _Call, chunk: range) -> bool:
         """Whether ``chunk`` can still be scored before the deadline (always, without one)."""
