@@ -260,7 +260,7 @@ class Reranker:
             for chunk in self._chunks(call):
                 if not self._time_for(call, chunk):
                     break
-                parts.append(self._learn(call, chunk, self.backend.score, call.windows))
+                parts.append(self._score_chunk(call, chunk))
                 scored = chunk.stop
             call.lap("score", scoring_started)
             return self._finish(call, parts, scored)
@@ -455,13 +455,11 @@ class Reranker:
             return False
         return True
 
-    def _learn(
-        self, call: _Call, chunk: range, score: Any, windows: WindowPlan
-    ) -> Sequence[float] | Ranking:
+    def _score_chunk(self, call: _Call, chunk: range) -> Sequence[float] | Ranking:
         started = time.perf_counter()
-        part = score(call.query, windows.window_texts[chunk.start : chunk.stop])
+        part = self.backend.score(call.query, call.windows.window_texts[chunk.start : chunk.stop])
         self._observe(call, chunk, started)
-        return part  # type: ignore[no-any-return]
+        return part
 
     def _observe(self, call: _Call, chunk: range, started: float) -> None:
         elapsed_ms = (time.perf_counter() - started) * 1000.0
