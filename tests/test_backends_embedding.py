@@ -59,3 +59,16 @@ def test_backend_pickles_and_shares_the_loaded_model(backend: EmbeddingBackend) 
     for restored in (pickle.loads(pickle.dumps(backend)), copy.deepcopy(backend)):
         assert restored.load() is backend.load()
         assert restored.score(QUERY, TEXTS) == expected
+
+
+def test_window_planning_leaves_the_encoders_tokenizer_settings_alone(
+    backend: EmbeddingBackend,
+) -> None:
+    """Planning ran the shared tokenizer untruncated, resetting what a concurrent ``encode``
+    had just set (ragged batches, rare fallbacks under 4 callers); it now uses its own copy."""
+    encoder = backend.load()
+    backend.score("refund", ["refund policy " * 400])  # encode sets truncation on its tokenizer
+    before = encoder.tokenizer.backend_tokenizer.truncation
+    assert before is not None
+    backend.token_spans("refund policy " * 400)
+    assert encoder.tokenizer.backend_tokenizer.truncation == before

