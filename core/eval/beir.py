@@ -7,6 +7,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from crossrank.errors import InvalidInputError
 
@@ -38,10 +39,11 @@ class BeirCollection:
         return [query_id for query_id in self.queries if self.qrels.get(query_id)]
 
 
-def _read_jsonl(path: Path) -> list[dict[str, object]]:
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSON-lines file; a bad line is named by its number."""
     if not path.is_file():
         raise InvalidInputError(f"missing BEIR file {path}")
-    rows: list[dict[str, object]] = []
+    rows: list[dict[str, Any]] = []
     with path.open(encoding="utf-8") as handle:
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -64,10 +66,10 @@ def load_beir(directory: str | Path, *, split: str = "test") -> BeirCollection:
             title=str(row.get("title") or ""),
             text=str(row.get("text") or ""),
         )
-        for row in _read_jsonl(root / "corpus.jsonl")
+        for row in read_jsonl(root / "corpus.jsonl")
     }
     queries = {
-        str(row["_id"]): str(row.get("text") or "") for row in _read_jsonl(root / "queries.jsonl")
+        str(row["_id"]): str(row.get("text") or "") for row in read_jsonl(root / "queries.jsonl")
     }
     qrels_path = root / "qrels" / f"{split}.tsv"
     if not qrels_path.is_file():

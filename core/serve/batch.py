@@ -27,6 +27,7 @@ from typing import Any
 
 from crossrank.engine import Reranker
 from crossrank.errors import ConfigurationError, InvalidInputError
+from crossrank.eval.beir import read_jsonl
 from crossrank.types import Candidate
 
 ENGINES = ("local", "ray")
@@ -111,16 +112,7 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
         import pyarrow.parquet as pq
 
         return list(pq.read_table(path).to_pylist())
-    rows: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise InvalidInputError(f"{path}:{line_number}: not valid JSON ({exc})") from exc
-    return rows
+    return read_jsonl(path)
 
 
 def file_digest(path: str | Path) -> str:
