@@ -30,8 +30,10 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
+
+from tests.support.loopback import LoopbackServer, StatefulServer
 
 CHAT_PATH = "/v1/chat/completions"
 
@@ -101,14 +103,6 @@ class _State:
     latency: float = 0.0
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-    request_queue_size = 128
-    state: _State
-
-
 def parse_prompt(body: Any) -> tuple[str, list[str]]:
     """The query and the numbered passages of a listwise prompt (the last user message)."""
     messages = body.get("messages") if isinstance(body, dict) else None
@@ -134,7 +128,7 @@ def oracle_answer(state: _State, query: str, passages: list[str]) -> str:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
-    server: _Server
+    server: StatefulServer
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -256,48 +250,19 @@ class _Handler(BaseHTTPRequestHandler):
         return answer, garbage
 
 
-class FakeChatServer:
+class FakeChatServer(LoopbackServer[_State]):
     """OpenAI-compatible ``/v1/chat/completions`` on 127.0.0.1, in a background thread."""
 
     def __init__(
         self, *, api_key: str | None = None, garbage_rate: float = 0.0, seed: int = 0
     ) -> None:
-        self._state = _State(api_key=api_key, garbage_rate=garbage_rate, random=random.Random(seed))
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> FakeChatServer:
-        server = _Server(("127.0.0.1", 0), _Handler)
-        server.state = self._state
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> FakeChatServer:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        state = _State(api_key=api_key, garbage_rate=garbage_rate, random=random.Random(seed))
+        super().__init__(_Handler, state)
 
     @property
     def base_url(self) -> str:
         """What to give the LLM backend as ``base_url`` (it appends ``/chat/completions``)."""
-        if self._server is None:
-            raise RuntimeError("server not started")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/v1"
+        return f"{self.url}/v1"
 
     def judge(self, query: str, preference: Mapping[str, float]) -> None:
         """Order this query's passages by ``preference`` (higher first; unknown texts last)."""

@@ -40,8 +40,10 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
+
+from tests.support.loopback import LoopbackServer, StatefulServer
 
 COHERE_PATH = "/v2/rerank"
 JINA_PATH = "/v1/rerank"
@@ -150,20 +152,12 @@ class _State:
     max_in_flight: int = 0
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    request_queue_size = 512
-    allow_reuse_address = True
-    state: _State
-
-
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # Headers and body go out as separate writes; with Nagle's algorithm on, each answer
     # would wait for the client's delayed ACK (~40 ms on loopback) and distort latencies.
     disable_nagle_algorithm = True
-    server: _Server
+    server: StatefulServer
 
     def log_message(self, format: str, *args: Any) -> None:  # the test output stays clean
         pass
@@ -431,7 +425,7 @@ _CONTENT_FAULTS = {
 }
 
 
-class FakeRerankServer:
+class FakeRerankServer(LoopbackServer["_State"]):
     """Rerank endpoints of every known provider on 127.0.0.1, in a background thread.
 
     ``api_key=None`` serves without checking a key, as self-hosted servers often do.
@@ -447,7 +441,7 @@ class FakeRerankServer:
         max_documents: int | None = None,
         seed: int = 0,
     ) -> None:
-        self._state = _State(
+        state = _State(
             api_key=api_key,
             latency=latency,
             rate_429=rate_429,
@@ -455,44 +449,9 @@ class FakeRerankServer:
             max_documents=max_documents,
             random=random.Random(seed),
         )
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle ------------------------------------------------------------------------
-
-    def start(self) -> FakeRerankServer:
-        server = _Server(("127.0.0.1", 0), _Handler)
-        server.state = self._state
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> FakeRerankServer:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        super().__init__(_Handler, state)
 
     # -- addresses ------------------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("server not started")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
 
     @property
     def cohere_base_url(self) -> str:
