@@ -43,33 +43,16 @@ from typing import Any
 os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from adapter_overhead import WORDS as ADAPTER_WORDS
+
 from crossrank import BaseBackend, Reranker
 from crossrank.serve.server import free_port, wait_ready
 
 HERE = Path(__file__).resolve().parent
 SHARED_MODEL = HERE.parent.parent / "shared" / "models" / "minilm-ce-scifact"
+# adapter_overhead's vocabulary, plus words the synthetic HTTP-hop queries use.
 WORDS = [
-    "refund",
-    "parcel",
-    "damaged",
-    "shipping",
-    "password",
-    "invoice",
-    "warranty",
-    "subscription",
-    "europe",
-    "delivery",
-    "return",
-    "replacement",
-    "account",
-    "settings",
-    "payment",
-    "card",
-    "digital",
-    "download",
-    "licence",
-    "days",
-    "weeks",
+    *ADAPTER_WORDS,
     "capital",
     "france",
     "paris",
