@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
 
-from tests.support.loopback import LoopbackServer, StatefulServer
+from tests.support.loopback import RecordingServer, StatefulServer
 
 CHAT_PATH = "/v1/chat/completions"
 
@@ -250,7 +250,7 @@ class _Handler(BaseHTTPRequestHandler):
         return answer, garbage
 
 
-class FakeChatServer(LoopbackServer[_State]):
+class FakeChatServer(RecordingServer[_State]):
     """OpenAI-compatible ``/v1/chat/completions`` on 127.0.0.1, in a background thread."""
 
     def __init__(
@@ -269,32 +269,12 @@ class FakeChatServer(LoopbackServer[_State]):
         with self._state.lock:
             self._state.judged[query] = dict(preference)
 
-    def fail_next(self, *faults: Fault) -> None:
-        with self._state.lock:
-            self._state.faults.extend(faults)
-
     def configure(self, *, garbage_rate: float | None = None, latency: float | None = None) -> None:
         with self._state.lock:
             if garbage_rate is not None:
                 self._state.garbage_rate = garbage_rate
             if latency is not None:
                 self._state.latency = latency
-
-    def reset(self) -> None:
-        with self._state.lock:
-            self._state.faults.clear()
-            self._state.requests.clear()
-            self._state.max_in_flight = self._state.in_flight
-
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        with self._state.lock:
-            return list(self._state.requests)
-
-    @property
-    def max_in_flight(self) -> int:
-        with self._state.lock:
-            return self._state.max_in_flight
 
 
 def oracle_ranker(preference: Callable[[str, str], float]) -> Callable[[str, list[str]], str]:

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
 
-from tests.support.loopback import LoopbackServer, StatefulServer
+from tests.support.loopback import RecordingServer, StatefulServer
 
 COHERE_PATH = "/v2/rerank"
 JINA_PATH = "/v1/rerank"
@@ -425,7 +425,7 @@ _CONTENT_FAULTS = {
 }
 
 
-class FakeRerankServer(LoopbackServer["_State"]):
+class FakeRerankServer(RecordingServer["_State"]):
     """Rerank endpoints of every known provider on 127.0.0.1, in a background thread.
 
     ``api_key=None`` serves without checking a key, as self-hosted servers often do.
@@ -473,11 +473,6 @@ class FakeRerankServer(LoopbackServer["_State"]):
 
     # -- behaviour ------------------------------------------------------------------------
 
-    def fail_next(self, *faults: Fault) -> None:
-        """Misbehave on the next requests, one fault per request, in order."""
-        with self._state.lock:
-            self._state.faults.extend(faults)
-
     def configure(
         self,
         *,
@@ -495,24 +490,6 @@ class FakeRerankServer(LoopbackServer["_State"]):
                 self._state.retry_after_429 = retry_after_429
             if max_documents is not None:
                 self._state.max_documents = max_documents
-
-    def reset(self) -> None:
-        """Forget recorded requests and queued faults."""
-        with self._state.lock:
-            self._state.faults.clear()
-            self._state.requests.clear()
-            self._state.max_in_flight = self._state.in_flight
-
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        with self._state.lock:
-            return list(self._state.requests)
-
-    @property
-    def max_in_flight(self) -> int:
-        """The most requests the server was handling at once."""
-        with self._state.lock:
-            return self._state.max_in_flight
 
     @property
     def in_flight(self) -> int:

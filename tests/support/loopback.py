@@ -63,3 +63,37 @@ class LoopbackServer(Generic[StateT]):
             raise RuntimeError("server not started")
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
+
+
+class RecordingServer(LoopbackServer[StateT]):
+    """A loopback fake whose state records requests and queues faults.
+
+    The state holds ``lock``, ``faults``, ``requests``, ``in_flight`` and ``max_in_flight``.
+    """
+
+    def fail_next(self, *faults: Any) -> None:
+        """Answer the next requests with these faults, in order."""
+        state: Any = self._state
+        with state.lock:
+            state.faults.extend(faults)
+
+    def reset(self) -> None:
+        """Forget recorded requests and queued faults."""
+        state: Any = self._state
+        with state.lock:
+            state.faults.clear()
+            state.requests.clear()
+            state.max_in_flight = state.in_flight
+
+    @property
+    def requests(self) -> list[Any]:
+        state: Any = self._state
+        with state.lock:
+            return list(state.requests)
+
+    @property
+    def max_in_flight(self) -> int:
+        """The most requests the server was handling at once."""
+        state: Any = self._state
+        with state.lock:
+            return int(state.max_in_flight)
