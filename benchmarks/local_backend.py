@@ -15,13 +15,15 @@ cold (an empty cache: auto exports, quantizes and times every candidate on this 
 after ``crossrank optimize`` (it only loads files). The CPU's flags head the output, since
 they decide which variant is fastest.
 
-Floors checked at the end:
-- issue 2: crossrank fp32 (the default) is not slower than plain predict (ratio >= 1.0);
-- issue 7: the fastest variant that passes the fidelity gate is >= 3x predict, and every
-  passing variant's nDCG@10 is within 0.005 of fp32 on every shared collection. When the
-  trained reference model scores the nDCG table, the gate is the one ``precision="auto"``
-  runs for that model (its bundled calibration sample); the timing model's untrained head
-  scores near-ties, where any rounding reorders, so its gate column is a stress test.
+Floors checked at the end (issue 23), for the class of CPU it ran on:
+- ``precision="auto"`` is not slower than crossrank fp32 here; its first start after
+  ``crossrank optimize`` is under 5 s;
+- the fastest variant that meets the fidelity rule (``crossrank.eval.fidelity_rule``: mean
+  |delta nDCG@10| against fp32 over the shared collections <= 0.005, no collection's change
+  significant under a paired randomization test) is >= 4x predict on a CPU with AVX-512
+  VNNI (or AMX), >= 2.5x on AVX2 without it. The rule is judged on the trained reference
+  model; with sampled queries (the default) the verdict is indicative, with
+  ``--ndcg-queries all`` it is the rule as stated.
 
 Run::
 
@@ -37,8 +39,6 @@ Run::
 from __future__ import annotations
 
 import argparse
-import math
-import random
 import sys
 import tempfile
 import time
@@ -67,8 +67,7 @@ VARIANTS = {
     "openvino-int8": {"precision": "int8", "runtime": "openvino"},
     "auto": {"precision": "auto"},
 }
-FIRST_STAGE_DEPTH = 30
-NDCG_TOLERANCE = 0.005
+FIRST_STAGE_DEPTH = 30  # as the fidelity rule states it
 
 
 @dataclass
@@ -120,9 +119,14 @@ def build_backends(
 
 
 def reference_model() -> str | None:
+    """The model the fidelity rule scores with: the one ``benchmarks/reference_reranker.py``
+    trains when it has run here, else the shared trained cross-encoder (issue 23's
+    reference, ``../shared/models/minilm-ce-scifact``), else ``None``."""
     from reference_reranker import reference_model_path
 
     found = reference_model_path()
+    if found is None and (workload.SCIFACT_MODEL / "config.json").is_file():
+        found = workload.SCIFACT_MODEL
     return str(found) if found is not None else None
 
 
@@ -143,36 +147,55 @@ def bm25_candidates(collection: Any, query_ids: list[str]) -> dict[str, list[str
 
 def ndcg_table(
     backends: dict[str, CrossEncoderBackend], *, queries_per_collection: int | None, seed: int
-) -> dict[str, dict[str, float]]:
-    """collection -> variant -> mean nDCG@10 (BM25 top-30 reranked; ``None``: every query)."""
-    from crossrank.eval.beir import load_beir
-    from crossrank.eval.metrics import mean_metrics, per_query_metrics
+) -> dict[str, dict[str, dict[str, float]]]:
+    """collection -> variant -> query id -> nDCG@10 (BM25 top-30 reranked; ``None``: every
+    judged query). Per query, so the fidelity rule can test each collection's change."""
+    from crossrank.eval.fidelity_check import rerank_ndcg
 
     if not workload.SHARED_DATA.is_dir():
         print(f"  no shared collections at {workload.SHARED_DATA}; nDCG skipped")
         return {}
-    table: dict[str, dict[str, float]] = {}
-    for directory in sorted(p for p in workload.SHARED_DATA.iterdir() if p.is_dir()):
-        collection = load_beir(directory)
-        judged = list(collection.judged_query_ids)
-        count = len(judged) if queries_per_collection is None else queries_per_collection
-        sample = random.Random(seed).sample(judged, min(count, len(judged)))
-        rankings: dict[str, dict[str, list[str]]] = {name: {} for name in ("bm25", *backends)}
-        for query_id, candidates in bm25_candidates(collection, sample).items():
-            query = collection.queries[query_id]
-            texts = [collection.corpus[d].full_text for d in candidates]
-            rankings["bm25"][query_id] = candidates
-            for name, backend in backends.items():
-                scores = backend.score(query, texts) if texts else []
-                order = sorted(range(len(texts)), key=lambda i: -scores[i])
-                rankings[name][query_id] = [candidates[i] for i in order]
-        table[collection.name] = {
-            name: mean_metrics(per_query_metrics(collection.qrels, ranked, ["ndcg@10"]))["ndcg@10"]
-            for name, ranked in rankings.items()
-        }
-        row = "  ".join(f"{n}={v:.4f}" for n, v in table[collection.name].items())
-        print(f"  {collection.name:16s} ({len(sample)} queries)  {row}", flush=True)
+    table = rerank_ndcg(
+        sorted(p for p in workload.SHARED_DATA.iterdir() if p.is_dir()),
+        {name: backend.score for name, backend in backends.items()},
+        depth=FIRST_STAGE_DEPTH,
+        queries_per_collection=queries_per_collection,
+        seed=seed,
+    )
+    for collection, rows in table.items():
+        means = "  ".join(f"{n}={_mean(v):.4f}" for n, v in rows.items())
+        print(f"  {collection:16s} ({len(rows['bm25'])} queries)  {means}", flush=True)
     return table
+
+
+def _mean(values: dict[str, float]) -> float:
+    return sum(values.values()) / len(values) if values else 0.0
+
+
+def fidelity_verdicts(
+    table: dict[str, dict[str, dict[str, float]]], names: list[str]
+) -> dict[str, Any]:
+    """The fidelity rule (``crossrank.eval.fidelity_rule``) for each variant against fp32."""
+    from crossrank.eval.fidelity_check import judge_table
+
+    verdicts = {}
+    for name in names:
+        if name == "torch-fp32":
+            continue
+        verdicts[name] = judge_table(table, reference="torch-fp32", variant=name)
+        print(f"\n{name} against torch-fp32:\n{verdicts[name].table()}")
+    return verdicts
+
+
+def speed_floor() -> tuple[float, str]:
+    """Issue 23's floor for this CPU class: 4x predict with VNNI (or AMX), 2.5x on AVX2."""
+    from crossrank.backends.local.cpu import cpu_flags, has_fast_int8
+
+    if has_fast_int8():
+        return 4.0, "AVX-512 VNNI / AMX"
+    if "avx2" in cpu_flags():
+        return 2.5, "AVX2 without VNNI"
+    return 1.0, "neither AVX2 nor VNNI (no floor set; fp32 parity)"
 
 
 def gate_on_model(
@@ -209,7 +232,7 @@ def gate_on_model(
     }
 
 
-def first_start_section(path: str) -> None:
+def first_start_section(path: str) -> float:
     """precision='auto' in fresh processes: cold, then after ``crossrank optimize``."""
     import subprocess
 
@@ -227,6 +250,7 @@ def first_start_section(path: str) -> None:
     warm, warm_label = workload.first_start(path, optimized)
     print(f"  crossrank optimize          {built:7.1f} s  (once per machine class)")
     print(f"  after optimize              {warm:7.1f} s  -> {warm_label}")
+    return warm
 
 
 def _query_count(value: str) -> int | None:
@@ -356,8 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"peak RSS of the process: {workload.peak_rss_mb():.0f} MB")
 
-    table: dict[str, dict[str, float]] = {}
-    gate_passed: set[str] | None = None
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    verdicts: dict[str, Any] = {}
     if args.ndcg_queries != 0:
         sampled = (
             "every judged query"
@@ -381,51 +405,42 @@ def main(argv: list[str] | None = None) -> int:
                 threads=args.threads,
                 registry=ndcg_registry,
             )
-            gate_passed = gate_on_model(
-                ndcg_model, ndcg_backends, cache_dir=cache_dir, registry=ndcg_registry
-            )
+            gate_on_model(ndcg_model, ndcg_backends, cache_dir=cache_dir, registry=ndcg_registry)
         table = ndcg_table(ndcg_backends, queries_per_collection=args.ndcg_queries, seed=args.seed)
         if table and "torch-fp32" in ndcg_backends:
-            print("\nnDCG@10 difference from torch-fp32 (worst collection):")
-            for name in ndcg_backends:
-                worst = max(abs(t[name] - t["torch-fp32"]) for t in table.values())
-                print(f"  {name:16s} max |delta| {worst:.4f}")
+            verdicts = fidelity_verdicts(table, list(ndcg_backends))
 
-    if not args.no_first_start:
-        first_start_section(path)
+    warm_start = None if args.no_first_start else first_start_section(path)
 
-    print("\nfloors:")
+    floor, cpu_class = speed_floor()
+    print(f"\nfloors (issue 23; this CPU's class: {cpu_class}):")
     by_name = {row.name: row for row in rows}
-    if "torch-fp32" in by_name:
-        ratio = by_name["torch-fp32"].ratio
+    if "torch-fp32" in by_name and "auto" in by_name:
+        ratio = by_name["auto"].ratio / by_name["torch-fp32"].ratio
         verdict = "PASS" if ratio >= 1.0 else "FAIL"
-        print(f"  issue 2: crossrank fp32 / predict = {ratio:.2f} (>= 1.0): {verdict}")
-    # Faithful = passes the fidelity gate on the trained model when one scored the nDCG
-    # table (what precision="auto" checks for its user), else on the timing model.
-    passing = [
-        row
-        for row in rows
-        if row.name not in ("predict", "auto")
-        and (row.name in gate_passed if gate_passed is not None else "pass" in row.note)
-    ]
-    if table:
-        passing = [
-            row
-            for row in passing
-            if all(
-                abs(t.get(row.name, math.inf) - t["torch-fp32"]) <= NDCG_TOLERANCE
-                for t in table.values()
-            )
-        ]
-    if not passing:
-        print("  issue 7: no variant passes the fidelity gate and the nDCG check: FAIL")
-    if passing:
-        best = max(passing, key=lambda row: row.ratio)
-        verdict = "PASS" if best.ratio >= 3.0 else "FAIL"
+        print(f"  auto / crossrank fp32 here = {ratio:.2f} (>= 1.0): {verdict}")
+    if warm_start is not None:
+        verdict = "PASS" if warm_start < 5.0 else "FAIL"
+        print(f"  first start after optimize = {warm_start:.1f} s (< 5 s): {verdict}")
+    if not verdicts:
         print(
-            f"  issue 7: fastest faithful variant {best.name} = {best.ratio:.2f}x predict "
-            f"(>= 3.0, fidelity gate{' and nDCG' if table else ''}): {verdict}"
+            "  speed within the fidelity rule: not judged (needs the nDCG table with the "
+            "reference model: --ndcg-queries all)"
         )
+        return 0
+    faithful = [row for row in rows if row.name in verdicts and verdicts[row.name].passed]
+    if "torch-fp32" in by_name:
+        faithful.append(by_name["torch-fp32"])  # the reference meets the rule by definition
+    scope = "" if args.ndcg_queries is None else " (on sampled queries: indicative only)"
+    if not faithful:
+        print(f"  no variant meets the fidelity rule{scope}: FAIL")
+        return 0
+    best = max(faithful, key=lambda row: row.ratio)
+    verdict = "PASS" if best.ratio >= floor else "FAIL"
+    print(
+        f"  fastest variant within the fidelity rule{scope}: {best.name} = "
+        f"{best.ratio:.2f}x predict (>= {floor}): {verdict}"
+    )
     return 0
 
 

@@ -26,6 +26,7 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from crossrank.backends.local.fidelity import Agreement, Selection
@@ -76,22 +77,10 @@ def remembered_or_measured(
     backend: CrossEncoderBackend, device: str, sample: Sample, digest: str
 ) -> Selection:
     """An earlier process's choice for exactly these inputs on this CPU, else a fresh one."""
-    from crossrank.backends.local.onnx_export import cache_root
-    from crossrank.backends.local.remembered import choice_key, load_choice, save_choice
+    from crossrank.backends.local.remembered import load_choice, save_choice
 
-    root = cache_root(backend.execution.cache_dir)
-    candidates = auto_candidates(device, compiled=backend.execution.compile)
+    root, key, candidates = choice_record(backend, device, digest)
     labels = [candidate.label for candidate in candidates]
-    source = backend.source
-    key = choice_key(
-        model=source.model,
-        revision=source.revision,
-        device=device,
-        settings={"max_length": source.max_length, "label_index": source.label_index},
-        gate=backend.auto.fidelity_gate,
-        sample_digest=digest,
-        candidates=labels,
-    )
     if key is not None:
         remembered = load_choice(root, key)
         if (
@@ -104,6 +93,29 @@ def remembered_or_measured(
     if key is not None:
         save_choice(root, key, selection)
     return selection
+
+
+def choice_record(
+    backend: CrossEncoderBackend, device: str, digest: str
+) -> tuple[Path, str | None, list[Variant]]:
+    """Where a choice for ``backend`` on ``device`` is remembered: the cache root, the key
+    (``None``: the model is not pinned) and the candidates the key was built from."""
+    from crossrank.backends.local.onnx_export import cache_root
+    from crossrank.backends.local.remembered import choice_key
+
+    root = cache_root(backend.execution.cache_dir)
+    candidates = auto_candidates(device, compiled=backend.execution.compile)
+    source = backend.source
+    key = choice_key(
+        model=source.model,
+        revision=source.revision,
+        device=device,
+        settings={"max_length": source.max_length, "label_index": source.label_index},
+        gate=backend.auto.fidelity_gate,
+        sample_digest=digest,
+        candidates=[candidate.label for candidate in candidates],
+    )
+    return root, key, candidates
 
 
 def _still_runs_as_chosen(backend: CrossEncoderBackend, remembered: Selection) -> bool:

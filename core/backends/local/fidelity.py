@@ -149,6 +149,9 @@ class Selection:
     remembered_from: str | None = None
     #: fp32 torch's pairs per second on the timed sample (``None``: speed not measured).
     reference_pairs_per_second: float | None = None
+    #: The fidelity rule's tables on judged collections (``crossrank optimize --judged``),
+    #: one per variant judged; ``None`` when no judged data was given.
+    rule_report: str | None = None
 
     def describe(self) -> str:
         lines = [f"chose {self.chosen}: {self.reason}"]
@@ -157,4 +160,7 @@ class Selection:
         if self.remembered_from is not None:
             lines.append(f"  (remembered from {self.remembered_from})")
         lines.extend(f"  {agreement.describe()}" for agreement in self.agreements)
+        if self.rule_report is not None:
+            lines.append("  the fidelity rule on judged collections:")
+            lines.extend(f"    {line}" for line in self.rule_report.splitlines())
         return "\n".join(lines)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,11 +50,15 @@ def optimize(
     *,
     cache_dir: str | Path | None = None,
     fidelity_sample: Sequence[tuple[str, Sequence[str]]] | None = None,
+    judged: Sequence[str | Path] = (),
+    progress: Callable[[str], None] | None = None,
     **options: Any,
 ) -> OptimizeReport:
     """Build the artifacts and the choice for ``model`` in ``cache_dir``; see the module doc.
 
-    ``options`` are the backend's (``revision``, ``max_length``, ``compile`` ...).
+    ``judged`` (BEIR folders with relevance judgments) makes the choice meet the fidelity
+    rule on them too (:mod:`crossrank.backends.local.rule_gate`). ``options`` are the
+    backend's (``revision``, ``max_length``, ``compile`` ...).
     """
     from crossrank.backends.lite_artifact import write_lite_files
     from crossrank.backends.local.backend import CrossEncoderBackend
@@ -87,6 +91,11 @@ def optimize(
     chooser = CrossEncoderBackend(model, precision="auto", registry=ModelRegistry(), **common)
     chooser.load()
     assert chooser.selection is not None
+    selection = chooser.selection
+    if judged:
+        from crossrank.backends.local.rule_gate import choose_within_rule
+
+        selection = choose_within_rule(chooser, judged, progress=progress)
     if openvino_available():  # auto converted and compiled them above, as candidates
         fp32_key = artifacts[0].parent.name
         artifacts.extend(sorted((root / "openvino").glob(f"{fp32_key}-ov-*/model.xml")))
@@ -96,7 +105,7 @@ def optimize(
     warm_start_s = time.perf_counter() - started
     record = server.selection.remembered_from if server.selection is not None else None
     return OptimizeReport(
-        model, root, artifacts, chooser.selection, record, warm_start_s, lite_error
+        model, root, artifacts, selection, record, warm_start_s, lite_error
     )
 
 
@@ -119,6 +128,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help='JSON file [["query", ["text", ...]], ...] whose rankings a variant must keep '
         "(default: the bundled demo)",
     )
+    parser.add_argument(
+        "--judged",
+        nargs="+",
+        type=Path,
+        default=(),
+        metavar="BEIR_DIR",
+        help="collections with relevance judgments (BEIR layout): the chosen variant must also "
+        "meet the fidelity rule on them (needs crossrank[eval])",
+    )
     parser.add_argument("--no-compile", action="store_true", help="never compile torch int8")
     parser.add_argument("--trust-remote-code", action="store_true")
     parser.add_argument("--local-files-only", action="store_true")
@@ -136,6 +154,8 @@ def run(args: argparse.Namespace) -> int:
             args.model,
             cache_dir=args.output,
             fidelity_sample=sample,
+            judged=args.judged,
+            progress=lambda line: print(line, flush=True),
             revision=args.revision,
             max_length=args.max_length,
             label_index=args.label_index,

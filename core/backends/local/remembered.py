@@ -109,6 +109,7 @@ def load_choice(root: Path, key: str) -> Selection | None:
             gate=gate,
             remembered_from=str(path),
             reference_pairs_per_second=stored.get("reference_pairs_per_second"),
+            rule_report=stored.get("rule_report"),
         )
     except FileNotFoundError:
         return None
@@ -134,6 +135,7 @@ def save_choice(root: Path, key: str, selection: Selection) -> None:
         "gate": asdict(selection.gate),
         "agreements": agreements,
         "reference_pairs_per_second": selection.reference_pairs_per_second,
+        "rule_report": selection.rule_report,
     }
     try:
         folder.mkdir(parents=True, exist_ok=True)
