@@ -13,10 +13,11 @@ Peers, each skipped with a reason when not installed:
   ``HuggingFaceCrossEncoder``;
 - LlamaIndex: ``llama-index-postprocessor-sbert-rerank`` ``SentenceTransformerRerank``;
 - Haystack: ``sentence-transformers-haystack`` ``SentenceTransformersSimilarityRanker``,
-  torch backend and ONNX backend. The ONNX backend needs ``optimum-onnx``, which pins
-  ``transformers<4.58`` and cannot live in crossrank's venv; with
-  ``--haystack-onnx-python PY`` it is timed in that second venv by
-  ``_haystack_onnx_peer.py`` and carried over through the torch backend, timed in both;
+  torch backend, and its best CPU configurations: ONNX, ONNX int8 quantized for this CPU,
+  OpenVINO. Those need ``optimum-onnx`` / ``optimum-intel``, which pin ``transformers<4.58``
+  and cannot live in crossrank's venv; with ``--haystack-onnx-python PY`` they are timed in
+  that second venv by ``_haystack_onnx_peer.py`` and carried over through the torch
+  backend, timed in both;
 - ``rerankers``: ``Reranker(path, model_type="cross-encoder")``.
 
 Run::
@@ -28,7 +29,8 @@ A venv for the Haystack ONNX peer (CPU torch first, as everywhere here)::
 
     python3 -m venv .cache/peer-venv && .cache/peer-venv/bin/pip install torch==2.13.0 &&
     .cache/peer-venv/bin/pip install "transformers<4.58" "sentence-transformers>=5.6,<6" \
-        "sentence-transformers-haystack==1.0.0" haystack-ai "optimum-onnx[onnxruntime]"
+        "sentence-transformers-haystack==1.0.0" haystack-ai "optimum-onnx[onnxruntime]" \
+        "optimum-intel[openvino]"
 """
 
 from __future__ import annotations
@@ -140,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--haystack-onnx-python",
         default=None,
-        help="Python of a venv with haystack-ai + optimum-onnx, for Haystack's ONNX backend",
+        help="Python of a venv with haystack-ai + optimum-onnx + optimum-intel, for Haystack's "
+        "ONNX (fp32, int8) and OpenVINO backends",
     )
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -187,15 +190,20 @@ def main(argv: list[str] | None = None) -> int:
                 args.haystack_onnx_python, path, query, texts, repeats=args.repeats
             )
         except Exception as exc:
-            print(f"  skip {HAYSTACK_ONNX} in its venv: {type(exc).__name__}: {exc}")
+            print(f"  skip haystack ST ranker in its venv: {type(exc).__name__}: {exc}")
         else:
-            # Carry over through the anchor: ONNX/torch in that venv x torch here.
-            ratio = workload.median(external["onnx"]) / workload.median(external["torch"])
-            timings[f"{HAYSTACK_ONNX}, own venv"] = [t * ratio for t in timings[HAYSTACK_TORCH]]
-            print(
-                f"  {HAYSTACK_ONNX} timed in its venv ({external['versions']}): "
-                f"{ratio:.2f}x the time of its torch backend there"
-            )
+            print(f"  haystack ST ranker timed in its own venv ({external['versions']}):")
+            anchor = workload.median(external["timings"]["torch"])
+            for configuration, seconds in external["timings"].items():
+                if configuration == "torch":
+                    continue
+                # Carry over through the anchor: this/torch in that venv x torch here.
+                ratio = workload.median(seconds) / anchor
+                name = f"haystack ST ranker ({configuration}), own venv"
+                timings[name] = [t * ratio for t in timings[HAYSTACK_TORCH]]
+                print(f"    {configuration}: {ratio:.2f}x the time of its torch backend there")
+            for configuration, why in external["skipped"].items():
+                print(f"    skip {configuration}: {why}")
     medians = {name: workload.median(seconds) for name, seconds in timings.items()}
     baseline_name = next(iter(medians))
     crossrank_names = [name for name in medians if name.startswith("crossrank")]
