@@ -20,15 +20,13 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from crossrank.backends.local.artifact_cache import cached_build, file_sha256
 from crossrank.backends.local.onnx_build import export_fp32, quantize
-from crossrank.errors import ModelLoadError, missing_dependency
+from crossrank.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
 
@@ -106,14 +104,6 @@ def artifact_key(
     return f"{stem}-{quantization or 'fp32'}-{digest}"
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _verified(directory: Path, key: str) -> OnnxArtifact | None:
     """The artifact in ``directory`` if its manifest and bytes agree, else ``None``."""
     model_file = directory / _MODEL_FILE
@@ -121,21 +111,13 @@ def _verified(directory: Path, key: str) -> OnnxArtifact | None:
     try:
         manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
         expected = manifest["sha256"]
-        actual = _file_sha256(model_file)
+        actual = file_sha256(model_file)
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if actual != expected:
         logger.warning("ONNX cache entry %s is corrupted (checksum mismatch); rebuilding", key)
         return None
     return OnnxArtifact(path=model_file, sha256=actual, key=key)
-
-
-def _lock(path: Path) -> Any:
-    try:
-        from filelock import FileLock
-    except ImportError as exc:
-        raise missing_dependency("filelock", "onnx") from exc
-    return FileLock(str(path), thread_local=False)
 
 
 def ensure_artifact(
@@ -161,16 +143,19 @@ def ensure_artifact(
     key = artifact_key(
         model, revision=revision, opset=opset, quantization=quantization, max_length=max_length
     )
-    directory = root / key
-    artifact = _verified(directory, key)
-    if artifact is not None:
-        return artifact
-    with _lock(root / f"{key}.lock"):
-        artifact = _verified(directory, key)
-        if artifact is not None:
-            return artifact
+
+    def build(staging: Path) -> None:
+        target = staging / _MODEL_FILE
         if quantization is None:
-            source = None
+            export_fp32(
+                model,
+                target,
+                opset=opset,
+                revision=revision,
+                max_length=max_length,
+                trust_remote_code=trust_remote_code,
+                local_files_only=local_files_only,
+            )
         else:
             source = ensure_artifact(
                 model,
@@ -182,39 +167,21 @@ def ensure_artifact(
                 trust_remote_code=trust_remote_code,
                 local_files_only=local_files_only,
             )
-        staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
-        try:
-            target = staging / _MODEL_FILE
-            if source is None:
-                export_fp32(
-                    model,
-                    target,
-                    opset=opset,
-                    revision=revision,
-                    max_length=max_length,
-                    trust_remote_code=trust_remote_code,
-                    local_files_only=local_files_only,
-                )
-            else:
-                quantize(source.path, target, quantization=quantization)
-            sha = _file_sha256(target)
-            manifest = {
-                "sha256": sha,
-                "model": model,
-                "revision": revision,
-                "opset": opset,
-                "quantization": quantization,
-                "format": EXPORT_FORMAT_VERSION,
-            }
-            (staging / _MANIFEST_FILE).write_text(json.dumps(manifest, indent=1), "utf-8")
-            if directory.exists():  # a corrupted earlier entry: move it aside, then drop it
-                stale = root / f".{key}.stale-{os.getpid()}-{threading.get_ident()}"
-                os.replace(directory, stale)
-                shutil.rmtree(stale, ignore_errors=True)
-            os.replace(staging, directory)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+            quantize(source.path, target, quantization=quantization)
+        manifest = {
+            "sha256": file_sha256(target),
+            "model": model,
+            "revision": revision,
+            "opset": opset,
+            "quantization": quantization,
+            "format": EXPORT_FORMAT_VERSION,
+        }
+        (staging / _MANIFEST_FILE).write_text(json.dumps(manifest, indent=1), "utf-8")
+
+    artifact, built = cached_build(
+        root, key, verified=lambda directory: _verified(directory, key), build=build
+    )
+    if built:
         with _count_guard:
-            build_counts[str(directory)] = build_counts.get(str(directory), 0) + 1
-        return OnnxArtifact(path=directory / _MODEL_FILE, sha256=sha, key=key)
+            build_counts[str(root / key)] = build_counts.get(str(root / key), 0) + 1
+    return artifact

@@ -21,9 +21,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
-import shutil
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from crossrank.backends.local.onnx_export import OnnxArtifact, _file_sha256, _lock, cache_root
+from crossrank.backends.local.artifact_cache import cached_build, file_sha256
+from crossrank.backends.local.onnx_export import OnnxArtifact, cache_root
 from crossrank.errors import ModelLoadError, missing_dependency
 from crossrank.registry import ModelRegistry
 
@@ -93,7 +91,7 @@ def ir_key(onnx: OnnxArtifact, *, quantized: bool, calibration_digest: str | Non
 def _verified(directory: Path, key: str) -> OpenVinoArtifact | None:
     try:
         expected = json.loads((directory / _MANIFEST).read_text(encoding="utf-8"))["sha256"]
-        actual = _file_sha256(directory / _BIN)
+        actual = file_sha256(directory / _BIN)
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if actual != expected or not (directory / _XML).is_file():
@@ -122,57 +120,42 @@ def ensure_ir(
     root = cache_root(cache_dir) / "openvino"
     root.mkdir(parents=True, exist_ok=True)
     key = ir_key(onnx, quantized=quantized, calibration_digest=calibration_digest)
-    directory = root / key
-    artifact = _verified(directory, key)
-    if artifact is not None:
-        return artifact
-    with _lock(root / f"{key}.lock"):
-        artifact = _verified(directory, key)
-        if artifact is not None:
-            return artifact
-        staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
+
+    def build(staging: Path) -> None:
         try:
+            model = ov.Core().read_model(str(onnx.path))
+        except Exception as exc:
+            raise ModelLoadError(
+                f"OpenVINO could not read {onnx.path}: {type(exc).__name__}: {exc}"
+            ) from exc
+        if quantized:
+            assert calibration is not None
+            names = {port.get_any_name() for port in model.inputs}
+            batches = [
+                {name: array for name, array in batch.items() if name in names}
+                for batch in calibration()
+            ]
             try:
-                model = ov.Core().read_model(str(onnx.path))
-            except Exception as exc:
+                model = nncf.quantize(
+                    model,
+                    nncf.Dataset(batches),
+                    model_type=nncf.ModelType.TRANSFORMER,
+                    subset_size=len(batches),
+                    ignored_scope=nncf.IgnoredScope(patterns=list(FLOAT_LAYERS), validate=False),
+                )
+            except Exception as exc:  # auto then drops the candidate instead of failing
                 raise ModelLoadError(
-                    f"OpenVINO could not read {onnx.path}: {type(exc).__name__}: {exc}"
+                    f"NNCF could not quantize {onnx.path}: {type(exc).__name__}: {exc}"
                 ) from exc
-            if quantized:
-                assert calibration is not None
-                names = {port.get_any_name() for port in model.inputs}
-                batches = [
-                    {name: array for name, array in batch.items() if name in names}
-                    for batch in calibration()
-                ]
-                try:
-                    model = nncf.quantize(
-                        model,
-                        nncf.Dataset(batches),
-                        model_type=nncf.ModelType.TRANSFORMER,
-                        subset_size=len(batches),
-                        ignored_scope=nncf.IgnoredScope(
-                            patterns=list(FLOAT_LAYERS), validate=False
-                        ),
-                    )
-                except Exception as exc:  # auto then drops the candidate instead of failing
-                    raise ModelLoadError(
-                        f"NNCF could not quantize {onnx.path}: {type(exc).__name__}: {exc}"
-                    ) from exc
-            # save_model halves weights to fp16 by default; fp32 must stay fp32.
-            ov.save_model(model, str(staging / _XML), compress_to_fp16=False)
-            sha = _file_sha256(staging / _BIN)
-            manifest = {"sha256": sha, "onnx": onnx.key, "int8": quantized}
-            (staging / _MANIFEST).write_text(json.dumps(manifest, indent=1), "utf-8")
-            if directory.exists():
-                stale = root / f".{key}.stale-{os.getpid()}-{threading.get_ident()}"
-                os.replace(directory, stale)
-                shutil.rmtree(stale, ignore_errors=True)
-            os.replace(staging, directory)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return OpenVinoArtifact(directory / _XML, sha, key)
+        # save_model halves weights to fp16 by default; fp32 must stay fp32.
+        ov.save_model(model, str(staging / _XML), compress_to_fp16=False)
+        manifest = {"sha256": file_sha256(staging / _BIN), "onnx": onnx.key, "int8": quantized}
+        (staging / _MANIFEST).write_text(json.dumps(manifest, indent=1), "utf-8")
+
+    artifact, _ = cached_build(
+        root, key, verified=lambda directory: _verified(directory, key), build=build
+    )
+    return artifact
 
 
 class OpenVinoCrossEncoder:
