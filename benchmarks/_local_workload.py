@@ -216,18 +216,9 @@ def print_header(header: str) -> None:
 
 def cpu_line() -> str:
     """The CPU's model name and the flags that decide which variant is fastest."""
-    from crossrank.backends.local.cpu import feature_key
+    from crossrank.backends.local.cpu import cpu_description
 
-    name = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    name = line.partition(":")[2].strip()
-                    break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} cores; flags {feature_key()}"
+    return cpu_description()
 
 
 _FIRST_START = """

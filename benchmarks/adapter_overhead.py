@@ -32,6 +32,7 @@ from typing import Any
 os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")
 
 from crossrank import BaseBackend, Candidate, Reranker
+from crossrank.backends.local.cpu import cpu_description
 
 QUERY = "how long does a refund for a damaged parcel take"
 WORDS = [
@@ -261,6 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=20)
     args = parser.parse_args(argv)
+    print(f"CPU: {cpu_description()}", flush=True)
     logging.getLogger("crossrank").setLevel(logging.ERROR)
 
     rows = corpus(args.candidates)

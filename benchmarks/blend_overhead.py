@@ -27,6 +27,7 @@ import _local_workload as workload
 
 from crossrank import Candidate, Reranker
 from crossrank.backends.cross_encoder import CrossEncoderBackend
+from crossrank.backends.local.cpu import cpu_description
 from crossrank.blend import parse_blend
 from crossrank.registry import ModelRegistry
 
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--candidates", type=int, default=100)
     parser.add_argument("--blend-reps", type=int, default=20000)
     args = parser.parse_args(argv)
+    print(f"CPU: {cpu_description()}", flush=True)
 
     from transformers import AutoTokenizer
 

@@ -162,6 +162,9 @@ def main() -> int:
     parser.add_argument("--cache-dir", default=str(REPO / ".cache" / "eval"))
     parser.add_argument("--out", default=str(REPO / ".cache" / "eval" / "results.json"))
     args = parser.parse_args()
+    from crossrank.backends.local.cpu import cpu_description
+
+    print(f"CPU: {cpu_description()}", flush=True)
     if not DATA.is_dir():
         print(f"needs the shared collections at {DATA}", file=sys.stderr)
         return 1

@@ -52,6 +52,7 @@ import _local_workload as workload
 
 from crossrank import Reranker
 from crossrank.backends.cross_encoder import CrossEncoderBackend
+from crossrank.backends.local.cpu import cpu_description
 from crossrank.registry import ModelRegistry
 
 Runner = Callable[[], Any]
@@ -146,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         "ONNX (fp32, int8) and OpenVINO backends",
     )
     args = parser.parse_args(argv)
+    print(f"CPU: {cpu_description()}", flush=True)
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
 

@@ -230,6 +230,7 @@ def main() -> int:
     parser.add_argument("--draws", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    print(f"CPU: {workload.cpu_line()}", flush=True)
     if not workload.SHARED_DATA.is_dir():
         print(f"needs the shared collections at {workload.SHARED_DATA}", file=sys.stderr)
         return 1

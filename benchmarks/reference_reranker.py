@@ -314,7 +314,10 @@ def table(title: str, rows: list[dict]) -> str:
 
 
 def main() -> int:
+    from crossrank.backends.local.cpu import cpu_description
+
     args = parse_args()
+    print(f"CPU: {cpu_description()}", flush=True)
     missing = [
         name for name in (*args.train, *args.zero_shot) if not (args.data_root / name).is_dir()
     ]

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import eval_collections as collections_benchmark
 
+from crossrank.backends.local.cpu import cpu_description
 from crossrank.eval.tune import RERANKED_RUN
 
 TARGET_SKIP = 0.3
@@ -115,6 +116,7 @@ def main() -> int:
         "or a blend run such as 'blend:weighted:0.5' (the backend blended with BM25)",
     )
     args = parser.parse_args()
+    print(f"CPU: {cpu_description()}", flush=True)
     if not collections_benchmark.DATA.is_dir():
         print(f"needs the shared collections at {collections_benchmark.DATA}", file=sys.stderr)
         return 1

@@ -48,6 +48,7 @@ if str(ROOT) not in sys.path:  # so tests.support imports when run as a script
     sys.path.insert(0, str(ROOT))
 
 from crossrank import Candidate, Reranker  # noqa: E402
+from crossrank.backends.local.cpu import cpu_description  # noqa: E402
 from tests.support.backends import CharWindowBackend, KeywordBackend  # noqa: E402
 
 _WORDS = (
@@ -220,6 +221,7 @@ def main() -> int:
     parser.add_argument("--api", action="store_true", help="API backends over local HTTP")
     parser.add_argument("--fd-growth", type=int, default=8, help="with --api: fds allowed")
     args = parser.parse_args()
+    print(f"CPU: {cpu_description()}", flush=True)
 
     paths = build_api_paths() if args.api else build_paths()
     if args.window % len(paths) or args.warmup % args.window:

@@ -74,3 +74,18 @@ def feature_key(flags: frozenset[str] | None = None) -> str:
     present = cpu_flags() if flags is None else flags
     relevant = sorted(flag for flag in RELEVANT_FLAGS if flag in present)
     return f"{platform.machine() or 'unknown'}:{','.join(relevant)}"
+
+
+def cpu_description() -> str:
+    """The CPU's model name, core count and :func:`feature_key`, for benchmark and report
+    headers: a speed figure means little without the instructions it ran on."""
+    name = "unknown CPU"
+    try:
+        with open(_CPUINFO, encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    name = line.partition(":")[2].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores; flags {feature_key()}"
