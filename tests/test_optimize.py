@@ -181,3 +181,12 @@ def test_cpu_flags_are_read_from_cpuinfo_text() -> None:
     assert not cpu.has_fast_int8(AVX2_ONLY) and not cpu.has_native_bf16(AVX2_ONLY)
     assert cpu.feature_key(AVX2_ONLY) != cpu.feature_key(AVX512_VNNI_BF16)
     assert "sse" not in cpu.feature_key(AVX2_ONLY | {"sse"}), "only flags that change speed"
+
+
+def test_the_cpu_description_names_the_flags_speed_depends_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: AVX2_ONLY)
+    described = cpu.cpu_description()
+    assert described.endswith(f"flags {cpu.feature_key()}")
+    assert "avx2" in described and "avx512_vnni" not in described
