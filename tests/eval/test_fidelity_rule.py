@@ -53,3 +53,20 @@ def test_collections_must_match() -> None:
     reference, variant = _runs({"a": np.zeros(5)})
     with pytest.raises(InvalidInputError, match="same collections"):
         judge_fidelity(reference, {"b": variant["a"]})
+
+
+def test_holm_correction_adjusts_for_testing_every_collection() -> None:
+    from crossrank.eval.fidelity_rule import CollectionDelta, FidelityVerdict
+
+    rows = tuple(
+        CollectionDelta(name, 30, 0.001, p)
+        for name, p in (("a", 0.04), ("b", 0.01), ("c", 0.5), ("d", 0.03))
+    )
+    verdict = FidelityVerdict(collections=rows, mean_abs_delta=0.001)
+    # sorted p 0.01, 0.03, 0.04, 0.5 -> x4, x3, x2, x1, kept non-decreasing
+    assert verdict.holm_p_values == pytest.approx((0.09, 0.04, 0.5, 0.09))
+    assert not verdict.passed and not verdict.passed_with_holm
+    lone = FidelityVerdict(collections=(rows[0], rows[2]), mean_abs_delta=0.001)
+    assert not lone.passed, "0.04 is significant on its own"
+    assert lone.passed_with_holm, "0.04 x 2 tests = 0.08 is not"
+    assert "with Holm's correction across 2: passes" in lone.table()
