@@ -49,6 +49,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _local_workload as workload
+from local_backend import VARIANTS
 
 from crossrank import Reranker
 from crossrank.backends.cross_encoder import CrossEncoderBackend
@@ -146,6 +147,14 @@ def main(argv: list[str] | None = None) -> int:
         help="Python of a venv with haystack-ai + optimum-onnx + optimum-intel, for Haystack's "
         "ONNX (fp32, int8) and OpenVINO backends",
     )
+    parser.add_argument(
+        "--variants",
+        nargs="*",
+        default=["torch-int8", "openvino-int8"],
+        choices=[name for name in VARIANTS if name != "auto"],
+        help="explicit crossrank variants timed beside auto's choice (default: the two that "
+        "met the fidelity rule on the shared collections; see docs/speed.md)",
+    )
     args = parser.parse_args(argv)
     print(f"CPU: {cpu_description()}", flush=True)
     warnings.filterwarnings("ignore")
@@ -183,6 +192,16 @@ def main(argv: list[str] | None = None) -> int:
     workload.seed_head()
     fastest, label = crossrank_runner(path, query, texts, precision="auto", cache_dir=cache_dir)
     runners[f"crossrank auto ({label})"] = fastest
+    for name in args.variants:
+        if name == label:
+            continue
+        workload.seed_head()
+        try:
+            runners[f"crossrank {name}"], _ = crossrank_runner(
+                path, query, texts, cache_dir=cache_dir, **VARIANTS[name]
+            )
+        except Exception as exc:
+            print(f"  skip crossrank {name}: {type(exc).__name__}: {str(exc)[:160]}")
 
     print(f"timing {len(runners)} rerankers x {args.repeats} interleaved rounds ...", flush=True)
     timings = workload.interleaved_timings(runners, repeats=args.repeats)
