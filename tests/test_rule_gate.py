@@ -91,7 +91,7 @@ def test_variants_that_fail_the_rule_are_struck_until_fp32_remains(
     assert "failed the fidelity rule on judged data: onnx-int8, onnx-fp32" in selection.reason
     assert measured[1:] == [["onnx-fp32", "torch-fp32"], ["torch-fp32"]]
     assert selection.rule_report is not None
-    assert selection.rule_report.count("fails") == 2
+    assert selection.rule_report.count("significant at p < 0.05: fails") == 2
 
 
 def test_optimize_judged_prints_the_rule_and_records_it(
