@@ -110,3 +110,19 @@ def test_optimize_judged_prints_the_rule_and_records_it(
     assert "the fidelity rule on judged collections" in printed
     (record,) = (output / "auto-precision").glob("*.json")
     assert json.loads(record.read_text())["rule_report"]
+
+
+def test_fp32_scores_each_candidate_list_once_however_many_variants_are_judged() -> None:
+    from crossrank.backends.local.rule_gate import _remembering
+
+    calls: list[str] = []
+
+    def score(query: str, texts: list[str]) -> list[float]:
+        calls.append(query)
+        return [float(len(text)) for text in texts]
+
+    remembered = _remembering(score)
+    assert remembered("q", ["a", "bb"]) == [1.0, 2.0]
+    assert remembered("q", ["a", "bb"]) == [1.0, 2.0]
+    assert remembered("q", ["bb", "a"]) == [2.0, 1.0], "another order is another list"
+    assert calls == ["q", "q"]

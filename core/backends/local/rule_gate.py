@@ -40,7 +40,7 @@ def choose_within_rule(
         raise ValueError("choose_within_rule needs a loaded precision='auto' backend")
     sample = backend.auto.sample()
     root, key, candidates = auto.choice_record(backend, device, auto.sample_digest(sample))
-    reference = backend.sibling(FP32_TORCH)
+    reference = _remembering(backend.sibling(FP32_TORCH).score)
     struck: list[str] = []
     tables: list[str] = []
     while selection.chosen != FP32_TORCH.label:
@@ -48,7 +48,7 @@ def choose_within_rule(
         if progress is not None:
             progress(f"judging {selection.chosen} against fp32 on {len(judged)} collection(s)")
         verdict = judge_scorers(
-            judged, reference=reference.score, variant=chosen.score, progress=progress
+            judged, reference=reference, variant=chosen.score, progress=progress
         )
         tables.append(f"{selection.chosen}:\n{verdict.table()}")
         if verdict.passed:
@@ -68,6 +68,22 @@ def choose_within_rule(
     if key is not None:
         save_choice(root, key, selection)
     return selection
+
+
+def _remembering(
+    score: Callable[[str, list[str]], list[float]],
+) -> Callable[[str, list[str]], list[float]]:
+    """``score`` with its answers kept: fp32 ranks the same candidates for every variant
+    judged, and it is the slowest scorer of all."""
+    answers: dict[tuple[str, tuple[str, ...]], list[float]] = {}
+
+    def remembered(query: str, texts: list[str]) -> list[float]:
+        key = (query, tuple(texts))
+        if key not in answers:
+            answers[key] = score(query, texts)
+        return answers[key]
+
+    return remembered
 
 
 __all__ = ["choose_within_rule"]
