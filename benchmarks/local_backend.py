@@ -52,6 +52,7 @@ import _local_workload as workload
 
 from crossrank.backends.cross_encoder import CrossEncoderBackend
 from crossrank.backends.local.fidelity import FidelityGate, kendall_tau, top_k_overlap
+from crossrank.eval.fidelity_check import FIRST_STAGE_DEPTH
 from crossrank.registry import ModelRegistry
 
 VARIANTS = {
@@ -67,7 +68,6 @@ VARIANTS = {
     "openvino-int8": {"precision": "int8", "runtime": "openvino"},
     "auto": {"precision": "auto"},
 }
-FIRST_STAGE_DEPTH = 30  # as the fidelity rule states it
 
 
 @dataclass
@@ -128,21 +128,6 @@ def reference_model() -> str | None:
     if found is None and (workload.SCIFACT_MODEL / "config.json").is_file():
         found = workload.SCIFACT_MODEL
     return str(found) if found is not None else None
-
-
-def bm25_candidates(collection: Any, query_ids: list[str]) -> dict[str, list[str]]:
-    """BM25's top-30 document ids per query: the candidates every nDCG comparison reranks."""
-    from crossrank.eval.bm25 import BM25Index
-
-    doc_ids = list(collection.corpus)
-    index = BM25Index([collection.corpus[d].full_text for d in doc_ids])
-    return {
-        query_id: [
-            doc_ids[hit.index]
-            for hit in index.search(collection.queries[query_id], k=FIRST_STAGE_DEPTH)
-        ]
-        for query_id in query_ids
-    }
 
 
 def ndcg_table(

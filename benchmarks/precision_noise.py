@@ -38,7 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _local_workload as workload
-from local_backend import bm25_candidates, build_backends, reference_model
+from local_backend import build_backends, reference_model
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / ".cache" / "precision-noise"
@@ -54,6 +54,7 @@ Scores = dict[str, dict[str, dict[str, dict]]]
 def score_collections(variants: list[str]) -> Scores:
     """BM25 top-30 candidates per judged query, scored by fp32 and every variant."""
     from crossrank.eval.beir import load_beir
+    from crossrank.eval.fidelity_check import bm25_candidates
 
     model = reference_model()
     if model is None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from crossrank.eval.fidelity_rule import FidelityVerdict, judge_fidelity
 
@@ -24,6 +25,23 @@ FIRST_STAGE_DEPTH = 30
 Scorer = Callable[[str, list[str]], Sequence[float]]
 #: collection -> scorer name -> query id -> nDCG@10.
 PerQueryNdcg = dict[str, dict[str, dict[str, float]]]
+
+
+def bm25_candidates(
+    collection: Any, query_ids: Iterable[str], *, depth: int = FIRST_STAGE_DEPTH
+) -> dict[str, list[str]]:
+    """BM25's top ``depth`` document ids per query of a loaded BEIR ``collection``: the
+    candidates every comparison under the rule reranks."""
+    from crossrank.eval.bm25 import BM25Index
+
+    doc_ids = list(collection.corpus)
+    index = BM25Index([collection.corpus[d].full_text for d in doc_ids])
+    return {
+        query_id: [
+            doc_ids[hit.index] for hit in index.search(collection.queries[query_id], k=depth)
+        ]
+        for query_id in query_ids
+    }
 
 
 def rerank_ndcg(
@@ -39,7 +57,6 @@ def rerank_ndcg(
     each scorer (and by BM25 itself, under ``"bm25"``). ``queries_per_collection`` samples
     that many judged queries (``None``: every one, as the rule asks)."""
     from crossrank.eval.beir import load_beir
-    from crossrank.eval.bm25 import BM25Index
     from crossrank.eval.metrics import per_query_metrics
 
     table: PerQueryNdcg = {}
@@ -48,12 +65,9 @@ def rerank_ndcg(
         judged = collection.judged_query_ids
         if queries_per_collection is not None:
             judged = random.Random(seed).sample(judged, min(queries_per_collection, len(judged)))
-        doc_ids = list(collection.corpus)
-        index = BM25Index([collection.corpus[d].full_text for d in doc_ids])
         rankings: dict[str, dict[str, list[str]]] = {name: {} for name in ("bm25", *scorers)}
-        for query_id in judged:
+        for query_id, candidates in bm25_candidates(collection, judged, depth=depth).items():
             query = collection.queries[query_id]
-            candidates = [doc_ids[hit.index] for hit in index.search(query, k=depth)]
             texts = [collection.corpus[d].full_text for d in candidates]
             rankings["bm25"][query_id] = candidates
             for name, score in scorers.items():
@@ -96,4 +110,4 @@ def judge_scorers(
     return judge_table(table, reference="reference", variant="variant")
 
 
-__all__ = ["FIRST_STAGE_DEPTH", "judge_scorers", "judge_table", "rerank_ndcg"]
+__all__ = ["FIRST_STAGE_DEPTH", "bm25_candidates", "judge_scorers", "judge_table", "rerank_ndcg"]
