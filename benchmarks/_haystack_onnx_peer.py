@@ -20,6 +20,7 @@ is not installed there.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -49,6 +50,7 @@ def ranker(model: str, backend: str, top_k: int, file_name: str | None = None) -
     return component
 
 
+@functools.cache  # the fp32 and int8 configurations share one export
 def onnx_model_dir(model: str) -> str:
     """A copy of the model folder with an ONNX export, written once (ST's own export path).
 
@@ -90,7 +92,7 @@ def main() -> int:
         "torch": lambda: ranker(model, "torch", len(texts)),
         "onnx": lambda: ranker(onnx_model_dir(model), "onnx", len(texts)),
         "onnx int8": lambda: ranker(
-            folder := onnx_model_dir(model), "onnx", len(texts), quantized_onnx_file(folder)
+            onnx_model_dir(model), "onnx", len(texts), quantized_onnx_file(onnx_model_dir(model))
         ),
         "openvino": lambda: ranker(model, "openvino", len(texts)),
     }
