@@ -53,6 +53,7 @@ import _local_workload as workload
 from crossrank.backends.cross_encoder import CrossEncoderBackend
 from crossrank.backends.local.fidelity import FidelityGate, kendall_tau, top_k_overlap
 from crossrank.eval.fidelity_check import FIRST_STAGE_DEPTH
+from crossrank.eval.fidelity_rule import FidelityVerdict
 from crossrank.registry import ModelRegistry
 
 VARIANTS = {
@@ -159,7 +160,7 @@ def _mean(values: dict[str, float]) -> float:
 
 def fidelity_verdicts(
     table: dict[str, dict[str, dict[str, float]]], names: list[str]
-) -> dict[str, Any]:
+) -> dict[str, FidelityVerdict]:
     """The fidelity rule (``crossrank.eval.fidelity_rule``) for each variant against fp32."""
     from crossrank.eval.fidelity_check import judge_table
 
@@ -183,18 +184,12 @@ def speed_floor() -> tuple[float, str]:
     return 1.0, "neither AVX2 nor VNNI (no floor set; fp32 parity)"
 
 
-def gate_on_model(
-    model: str,
-    backends: dict[str, CrossEncoderBackend],
-    *,
-    cache_dir: str,
-    registry: ModelRegistry,
-) -> set[str]:
-    """Variants that pass the fidelity gate for ``model``, as ``precision="auto"`` checks it.
+def print_auto_choice(model: str, *, cache_dir: str, registry: ModelRegistry) -> None:
+    """What ``precision="auto"`` decides for ``model`` (gate and speed, every candidate).
 
     The timing model has an untrained head, so its scores are nearly ties and any rounding
     reorders them; a user's trained model is what the gate really runs on. ``registry`` is
-    the one ``backends`` were built on, so the gate reuses their loaded variants.
+    the one the nDCG variants were built on, so auto reuses their loaded variants.
     """
     auto = CrossEncoderBackend(
         model,
@@ -208,13 +203,6 @@ def gate_on_model(
     selection = auto.selection
     assert selection is not None
     print("  precision='auto' on this model " + selection.describe().replace("\n", "\n    "))
-    passed = {agreement.variant for agreement in selection.agreements if agreement.passed}
-    passed.add(selection.chosen)
-    return {
-        name
-        for name, backend in backends.items()
-        if backend.variant.label in passed or backend.variant.precision == "fp32"
-    }
 
 
 def first_start_section(path: str) -> float:
@@ -366,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"peak RSS of the process: {workload.peak_rss_mb():.0f} MB")
 
     table: dict[str, dict[str, dict[str, float]]] = {}
-    verdicts: dict[str, Any] = {}
+    verdicts: dict[str, FidelityVerdict] = {}
     if args.ndcg_queries != 0:
         sampled = (
             "every judged query"
@@ -390,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
                 threads=args.threads,
                 registry=ndcg_registry,
             )
-            gate_on_model(ndcg_model, ndcg_backends, cache_dir=cache_dir, registry=ndcg_registry)
+            print_auto_choice(ndcg_model, cache_dir=cache_dir, registry=ndcg_registry)
         table = ndcg_table(ndcg_backends, queries_per_collection=args.ndcg_queries, seed=args.seed)
         if table and "torch-fp32" in ndcg_backends:
             verdicts = fidelity_verdicts(table, list(ndcg_backends))
